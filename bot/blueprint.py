@@ -1,0 +1,75 @@
+"""The Flask blueprint CometChat posts to: authenticate, validate, hand off, answer.
+
+The view does only what must happen before the answer: Basic auth, content
+type, size, JSON, schema, the screen (own messages, other bots), and the
+hand-off of the :class:`Message` to ``submit``. Every rejection is a 4xx with
+a JSON body naming the problem; ignored callbacks are acknowledged with 200.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+from flask import Blueprint, Response, jsonify, request
+
+from .auth import BasicAuth
+from .dispatch import Dispatcher
+from .errors import CallbackError, InvalidJSON, Unauthorized, UnsupportedMediaType
+from .message import Message
+from .schemas import parse_callback
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+Submit = Callable[[Message], None]
+
+
+def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit) -> Blueprint:
+    """The callback endpoint at ``settings.callback_path``; accepted messages go to ``submit``."""
+    bp = Blueprint("cometchat", __name__)
+    auth = BasicAuth(settings.callback_username, settings.callback_password) if settings.callback_auth_enabled else None
+
+    @bp.errorhandler(CallbackError)
+    def rejected(error: CallbackError) -> tuple[Response, int] | Response:
+        response = jsonify(error.to_json())
+        response.status_code = error.status
+        if isinstance(error, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Basic realm="cometchat-bot", charset="UTF-8"'
+        log.info("callback rejected (%d %s): %s", error.status, error.code, error.message)
+        return response
+
+    @bp.post(settings.callback_path)
+    def callback() -> Response:
+        if auth is not None and not auth.check(request.authorization):
+            raise Unauthorized("missing or wrong Basic auth credentials for the callback")
+        if not request.is_json:
+            raise UnsupportedMediaType(
+                f"the callback must be JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
+            )
+        request.max_content_length = settings.callback_max_bytes  # larger bodies: 413 while reading
+        body = _decode_json(request.get_data(cache=False))
+        cb = parse_callback(body, bot_uid=settings.bot_uid)
+        reason = dispatcher.screen(cb)
+        if reason:
+            log.debug("callback ignored: %s", reason)
+            return jsonify(status="ignored", reason=reason)
+        assert cb.message is not None  # screen() passes only callbacks with a message
+        submit(cb.message)
+        return jsonify(status="accepted", message_id=cb.message.id)
+
+    return bp
+
+
+def _decode_json(data: bytes) -> object:
+    if not data:
+        raise InvalidJSON("the callback body is empty; expected a JSON object")
+    try:
+        return json.loads(data)
+    except UnicodeDecodeError:
+        raise InvalidJSON("the callback body is not UTF-8") from None
+    except json.JSONDecodeError as exc:
+        raise InvalidJSON(
+            f"the callback body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None

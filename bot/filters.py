@@ -1,0 +1,157 @@
+"""Filters: small objects that decide whether a handler takes a message.
+
+A filter is called with a :class:`Message` and returns ``None`` (no match) or
+a dict of what it captured (empty when there is nothing to capture). The
+captures reach the handler as ``msg.match`` and, for the parameters the
+handler declares, as keyword arguments. Every filter is built once, at
+registration; calling one does no compiling.
+
+``describe()`` is what ``flask bot routes`` prints.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
+
+from .message import Command, Message
+
+Captures = dict[str, Any]
+
+
+class Filter(Protocol):
+    #: Whether the filter may take ``action`` messages (edits, deletes, group events).
+    #: The router never offers them to a filter that does not ask.
+    accepts_actions: bool
+
+    def __call__(self, msg: Message) -> Captures | None: ...
+
+    def describe(self) -> str: ...
+
+
+class TextFilter:
+    """Text messages whose (mention-normalised) text contains a match of ``pattern``."""
+
+    accepts_actions = False
+
+    def __init__(self, pattern: str | re.Pattern[str], *, ignore_case: bool = True) -> None:
+        if isinstance(pattern, re.Pattern):
+            self.pattern = pattern
+        else:
+            self.pattern = re.compile(pattern, re.IGNORECASE if ignore_case else 0)
+
+    def __call__(self, msg: Message) -> Captures | None:
+        if msg.category != "message" or msg.type != "text":
+            return None
+        m = self.pattern.search(msg.text)
+        if m is None:
+            return None
+        return m.groupdict()
+
+    def describe(self) -> str:
+        return f"text ~ /{self.pattern.pattern}/" + ("i" if self.pattern.flags & re.IGNORECASE else "")
+
+
+class CommandFilter:
+    """Slash commands: ``/name arg1 "arg two"`` (name case-insensitive; aliases allowed)."""
+
+    accepts_actions = False
+    _SHAPE = re.compile(r"^/(?P<name>[\w][\w.-]*)(?:\s+(?P<rest>.*))?$", re.DOTALL)
+
+    def __init__(self, *names: str) -> None:
+        if not names:
+            raise ValueError("on_command needs at least one command name")
+        self.names = tuple(n.lstrip("/").lower() for n in names)
+
+    def __call__(self, msg: Message) -> Captures | None:
+        command = parse_command(msg)
+        if command is None or command.name not in self.names:
+            return None
+        return {"command": command, "args": command.args, "arg_text": command.arg_text}
+
+    def describe(self) -> str:
+        return "command " + " | ".join("/" + n for n in self.names)
+
+
+def parse_command(msg: Message) -> Command | None:
+    """The slash command in a text message, or None. Quotes group arguments, as in a shell."""
+    if msg.category != "message" or msg.type != "text" or not msg.text.startswith("/"):
+        return None
+    m = CommandFilter._SHAPE.match(msg.text)
+    if m is None:
+        return None
+    rest = (m.group("rest") or "").strip()
+    try:
+        args = tuple(shlex.split(rest))
+    except ValueError:  # unbalanced quotes: fall back to plain words
+        args = tuple(rest.split())
+    return Command(name=m.group("name").lower(), args=args, arg_text=rest)
+
+
+class TypeFilter:
+    """Messages of the given types (``image``, ``file``, ...) in one category (default ``message``)."""
+
+    def __init__(self, types: Iterable[str], *, category: str = "message") -> None:
+        self.types = frozenset(types)
+        if not self.types:
+            raise ValueError("give at least one message type")
+        self.category = category
+        self.accepts_actions = category == "action"
+
+    def __call__(self, msg: Message) -> Captures | None:
+        if msg.category == self.category and msg.type in self.types:
+            return {}
+        return None
+
+    def describe(self) -> str:
+        return f"{self.category} type in {{{', '.join(sorted(self.types))}}}"
+
+
+class ActionFilter:
+    """``action`` messages (edits, deletes, group member events), optionally by ``data.action``."""
+
+    accepts_actions = True
+
+    def __init__(self, *actions: str) -> None:
+        self.actions = frozenset(actions)
+
+    def __call__(self, msg: Message) -> Captures | None:
+        if msg.category != "action":
+            return None
+        if self.actions and msg.action not in self.actions:
+            return None
+        return {}
+
+    def describe(self) -> str:
+        return "action" + (f" in {{{', '.join(sorted(self.actions))}}}" if self.actions else "")
+
+
+class PredicateFilter:
+    """Any message for which ``predicate(msg)`` is true; a dict result becomes the captures."""
+
+    def __init__(self, predicate: Callable[[Message], Any], *, actions: bool = False) -> None:
+        self.predicate = predicate
+        self.accepts_actions = actions
+
+    def __call__(self, msg: Message) -> Captures | None:
+        result = self.predicate(msg)
+        if not result:
+            return None
+        return dict(result) if isinstance(result, dict) else {}
+
+    def describe(self) -> str:
+        return f"predicate {getattr(self.predicate, '__qualname__', repr(self.predicate))}"
+
+
+class AnyText:
+    """Every text message: the filter of a fallback handler."""
+
+    accepts_actions = False
+
+    def __call__(self, msg: Message) -> Captures | None:
+        return {} if msg.category == "message" and msg.type == "text" else None
+
+    def describe(self) -> str:
+        return "any text (fallback)"

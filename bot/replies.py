@@ -1,0 +1,255 @@
+"""Replies: small value objects that know their CometChat request body.
+
+A handler returns ``None``, a ``str``, a reply object or an iterable of them;
+:func:`coerce` turns that into a list of replies, and :func:`build_requests`
+turns replies into :class:`SendRequest` values for the client: the target
+(group or sender), the 10 KB split of long text, a stable ``muid`` per
+request. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import mimetypes
+import posixpath
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+from urllib.parse import urlsplit
+
+from .message import Message, Target
+
+log = logging.getLogger(__name__)
+
+#: CometChat rejects a message whose ``data`` exceeds 10 KB (PLATFORM.md 4.6). We keep a margin.
+MAX_DATA_BYTES = 10_000
+#: Tags: at most 25, each at most 100 characters (PLATFORM.md 4.2).
+MAX_TAGS, MAX_TAG_LENGTH = 25, 100
+
+_MUID_NAMESPACE = uuid.UUID("6f1c3f64-2f0e-4a53-9b55-8f2f7f3f8b10")
+
+
+class Reply:
+    """Base of reply objects. ``data()`` is the message's ``data``; ``category``/``type`` place it."""
+
+    category: ClassVar[str] = "message"
+    type: str
+    metadata: Mapping[str, Any] | None
+    tags: Sequence[str]
+
+    def data(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - every subclass defines it
+
+    def body(self, target: Target) -> dict[str, Any]:
+        """The Send Bot Message body for ``target`` (without ``muid``, which the request adds)."""
+        data = self.data()
+        if self.metadata:
+            data["metadata"] = dict(self.metadata)
+        body: dict[str, Any] = {
+            "receiver": target.receiver,
+            "receiverType": target.receiver_type,
+            "category": self.category,
+            "type": self.type,
+            "data": data,
+        }
+        if self.tags:
+            body["tags"] = list(self.tags)
+        return body
+
+    def parts(self) -> Iterator[Reply]:
+        """The replies actually sent: itself, or several pieces when it is too large for one message."""
+        yield self
+
+    def _check_tags(self) -> None:
+        if len(self.tags) > MAX_TAGS or any(len(t) > MAX_TAG_LENGTH for t in self.tags):
+            raise ValueError(f"at most {MAX_TAGS} tags of at most {MAX_TAG_LENGTH} characters each")
+
+
+@dataclass(frozen=True)
+class Text(Reply):
+    text: str
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+
+    type: ClassVar[str] = "text"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"Text needs a str, got {type(self.text).__name__}")
+        self._check_tags()
+
+    def data(self) -> dict[str, Any]:
+        return {"text": self.text}
+
+    def parts(self) -> Iterator[Reply]:
+        if not self.text.strip():
+            log.warning("not sending an empty text reply (CometChat rejects empty text)")
+            return
+        budget = MAX_DATA_BYTES - _json_size({"text": "", "metadata": dict(self.metadata or {})})
+        if budget < 1000:
+            raise ValueError("reply metadata leaves no room for text under the 10 KB data limit")
+        for chunk in split_text(self.text, budget):
+            yield Text(chunk, self.metadata, self.tags)
+
+
+@dataclass(frozen=True)
+class _Media(Reply):
+    url: str
+    name: str = ""
+    mime_type: str = ""
+    extension: str = ""
+    size: int | None = None
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+
+    def __post_init__(self) -> None:
+        if not self.url:
+            raise ValueError(f"{type(self).__name__} needs a url")
+        self._check_tags()
+
+    def data(self) -> dict[str, Any]:
+        name = self.name or posixpath.basename(urlsplit(self.url).path) or "file"
+        extension = self.extension or posixpath.splitext(name)[1].lstrip(".")
+        mime = self.mime_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
+        attachment: dict[str, Any] = {"url": self.url, "name": name, "mimeType": mime, "extension": extension}
+        if self.size is not None:
+            attachment["size"] = self.size
+        return {"attachments": [attachment]}
+
+
+class Image(_Media):
+    type: ClassVar[str] = "image"
+
+
+class File(_Media):
+    type: ClassVar[str] = "file"
+
+
+class Audio(_Media):
+    type: ClassVar[str] = "audio"
+
+
+class Video(_Media):
+    type: ClassVar[str] = "video"
+
+
+@dataclass(frozen=True)
+class Custom(Reply):
+    """A custom message: ``Custom("location", {"latitude": 48.8, "longitude": 2.3})``."""
+
+    type: str
+    custom_data: Mapping[str, Any] = field(default_factory=dict)
+    metadata: Mapping[str, Any] | None = None
+    tags: Sequence[str] = ()
+
+    category: ClassVar[str] = "custom"
+
+    def __post_init__(self) -> None:
+        if not self.type:
+            raise ValueError("Custom needs a type")
+        if not self.custom_data:
+            raise ValueError("CometChat rejects custom messages with empty customData (ERR_EMPTY_CUSTOM_DATA)")
+        self._check_tags()
+
+    def data(self) -> dict[str, Any]:
+        data = {"customData": dict(self.custom_data)}
+        if _json_size(data) > MAX_DATA_BYTES:
+            raise ValueError("custom data is larger than CometChat's 10 KB data limit")
+        return data
+
+
+# ------------------------------------------------------------------ requests
+
+
+@dataclass(frozen=True)
+class SendRequest:
+    """One request to CometChat's REST API: ``POST {base}{path}`` with ``body``."""
+
+    path: str
+    body: dict[str, Any]
+    message_id: str = ""  # the incoming message this answers (for logs)
+    conversation_id: str = ""
+
+    @property
+    def muid(self) -> str:
+        return self.body.get("muid", "")
+
+
+def coerce(result: Any) -> list[Reply]:
+    """What a handler returned -> replies. Raises TypeError for anything else."""
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return [Text(result)]
+    if isinstance(result, Reply):
+        return [result]
+    if isinstance(result, Iterable) and not isinstance(result, (bytes, Mapping)):
+        replies: list[Reply] = []
+        for item in result:
+            replies.extend(coerce(item))
+        return replies
+    raise TypeError(
+        f"a handler returned {type(result).__name__}; return None, a str, a reply (Text, Image, File, Audio, "
+        "Video, Custom) or a list of them"
+    )
+
+
+def build_requests(msg: Message, replies: Iterable[Reply], *, bot_uid: str, first_seq: int = 0) -> list[SendRequest]:
+    """Requests for ``replies`` to ``msg``, numbered from ``first_seq`` for their muids."""
+    target = msg.reply_target
+    path = f"/bots/{bot_uid}/messages"
+    requests: list[SendRequest] = []
+    seq = first_seq
+    for reply in replies:
+        for part in reply.parts():
+            body = part.body(target)
+            body["muid"] = muid(bot_uid, msg.id, seq)
+            requests.append(SendRequest(path, body, msg.id, msg.conversation_id))
+            seq += 1
+    return requests
+
+
+def muid(bot_uid: str, message_id: str, seq: int) -> str:
+    """A muid that is the same every time the same reply to the same message is sent (retries, redeliveries)."""
+    return str(uuid.uuid5(_MUID_NAMESPACE, f"{bot_uid}\x1f{message_id}\x1f{seq}"))
+
+
+def split_text(text: str, budget: int) -> list[str]:
+    """Split ``text`` into pieces whose JSON-encoded size stays within ``budget`` bytes.
+
+    Cuts at the last paragraph break, line break or space that fits, and only
+    inside a word when a single word is too long.
+    """
+    pieces: list[str] = []
+    rest = text
+    while _json_size(rest) > budget:
+        cut = _fit(rest, budget)
+        window = rest[:cut]
+        for sep in ("\n\n", "\n", " "):
+            at = window.rfind(sep)
+            if at > cut // 2:
+                cut = at + len(sep)
+                break
+        pieces.append(rest[:cut].rstrip())
+        rest = rest[cut:].lstrip("\n")
+    if rest.strip():
+        pieces.append(rest)
+    return [p for p in pieces if p.strip()]
+
+
+def _fit(text: str, budget: int) -> int:
+    """The longest prefix length of ``text`` whose JSON encoding fits ``budget`` (binary search)."""
+    lo, hi = 1, len(text)
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if _json_size(text[:mid]) <= budget:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())

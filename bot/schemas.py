@@ -1,0 +1,296 @@
+"""Validation of CometChat's callbacks (marshmallow) and the :class:`Message` built from them.
+
+Two shapes carry a message (PLATFORM.md 7.2):
+
+* the bot callback / legacy ``after_message``: the message is ``body.data``;
+* webhooks v2 ``message_sent``: the message is ``body.data.message``.
+
+Other triggers are accepted and ignored. Validation is strict about what the
+framework reads (ids, sender, receiver, text, attachments) and lenient about
+the rest: unknown keys pass, optional fields may be missing (PLATFORM.md,
+"Things a framework must handle" 6-8). The schema objects are built once at
+import; loading one callback does not build anything else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
+
+from .errors import InvalidCallback
+from .message import MENTION_TOKEN, Attachment, Message, User, normalise_mentions
+
+MESSAGE_TRIGGERS = {
+    "after_message": ("data",),  # bot callback and legacy webhook
+    "message_sent": ("data", "message"),  # webhooks v2
+}
+
+
+# ------------------------------------------------------------------ fields
+
+
+class Id(fields.Field):
+    """An id CometChat sends as a numeric string (sometimes as a number): always a ``str`` here."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Not a valid id: expected a string or an integer."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int)):
+            raise self.make_error("invalid")
+        text = str(value).strip()
+        if not text:
+            raise ValidationError("Must not be empty.")
+        return text
+
+
+class Uid(fields.Field):
+    """A user uid or group guid: a non-empty string (or an entity object carrying ``uid``/``guid``)."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Not a valid uid: expected a non-empty string."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        if isinstance(value, Mapping):
+            value = value.get("uid") or value.get("guid")
+        if not isinstance(value, str) or not value.strip():
+            raise self.make_error("invalid")
+        return value.strip()
+
+
+class Lowercase(fields.String):
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> str:
+        return super()._deserialize(value, attr, data, **kwargs).strip().lower()
+
+
+class Size(fields.Field):
+    """Attachment size in bytes: an int in server objects, a string in the send schema (PLATFORM.md 2.5)."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Not a valid size: expected whole bytes."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> int | None:
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            raise self.make_error("invalid") from None
+        if size < 0:
+            raise self.make_error("invalid")
+        return size
+
+
+class Timestamp(fields.Field):
+    """Unix seconds (milliseconds in a few events, PLATFORM.md 7.2) -> aware UTC datetime."""
+
+    default_error_messages: ClassVar[dict[str, str]] = {"invalid": "Not a valid timestamp: expected Unix seconds."}
+
+    def _deserialize(self, value: Any, attr: Any, data: Any, **kwargs: Any) -> datetime | None:
+        if value in (None, ""):
+            return None
+        if isinstance(value, bool):
+            raise self.make_error("invalid")
+        try:
+            seconds = float(value)
+        except (TypeError, ValueError):
+            raise self.make_error("invalid") from None
+        if seconds > 1e11:  # milliseconds
+            seconds /= 1000
+        try:
+            return datetime.fromtimestamp(seconds, tz=UTC)
+        except (OverflowError, OSError, ValueError):
+            raise self.make_error("invalid") from None
+
+
+# ------------------------------------------------------------------ schemas
+
+
+class EnvelopeSchema(Schema):
+    class Meta:
+        unknown = INCLUDE
+
+    trigger = fields.String(required=True, validate=validate.Length(min=1))
+    data = fields.Raw(required=True, allow_none=False)
+    bot = Lowercase(load_default="")
+    appId = fields.String(load_default="")
+    region = fields.String(load_default="")
+
+
+class AttachmentSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    url = fields.String(required=True)
+    name = fields.String(load_default="")
+    mimeType = fields.String(load_default="")
+    extension = fields.String(load_default="")
+    size = Size(load_default=None)
+
+
+class EntitySchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    uid = fields.String(load_default="")
+    name = fields.String(load_default="")
+    avatar = fields.String(load_default="", allow_none=True)
+    role = fields.String(load_default="", allow_none=True)
+
+
+class MessageDataSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    text = fields.String(allow_none=True)
+    attachments = fields.List(fields.Nested(AttachmentSchema), allow_none=True)
+    customData = fields.Raw(allow_none=True)
+    custom_data = fields.Raw(allow_none=True)
+    metadata = fields.Dict(keys=fields.String(), allow_none=True)
+    mentions = fields.Dict(keys=fields.String(), values=fields.Nested(EntitySchema), allow_none=True)
+    entities = fields.Dict(keys=fields.String(), allow_none=True)
+    action = fields.String(allow_none=True)
+
+
+class MessageSchema(Schema):
+    class Meta:
+        unknown = EXCLUDE
+
+    id = Id(required=True)
+    conversationId = fields.String(load_default="")
+    sender = Uid(required=True)
+    receiverType = Lowercase(required=True, validate=validate.OneOf(["user", "group"]))
+    receiver = Uid(required=True)
+    category = Lowercase(required=True, validate=validate.Length(min=1))
+    type = fields.String(required=True, validate=validate.Length(min=1))
+    data = fields.Nested(MessageDataSchema, load_default=dict)
+    sentAt = Timestamp(load_default=None)
+    parentId = Id(load_default=None, allow_none=True)
+
+
+ENVELOPE = EnvelopeSchema()
+MESSAGE = MessageSchema()
+
+
+# ------------------------------------------------------------------ parsing
+
+
+@dataclass(frozen=True)
+class Callback:
+    """One validated callback: its trigger, the bot it is for and its message (None if it carries none)."""
+
+    trigger: str
+    bot: str
+    message: Message | None
+
+
+def parse_callback(body: Any, *, bot_uid: str = "") -> Callback:
+    """Validate a decoded callback body and build its :class:`Message`.
+
+    ``bot_uid`` is the configured bot; without one, the callback's own ``bot``
+    field names it. Raises :class:`InvalidCallback` naming every bad field.
+    """
+    if not isinstance(body, dict):
+        raise InvalidCallback(f"the callback must be a JSON object, not {_json_type(body)}")
+    try:
+        envelope = ENVELOPE.load(body)
+    except ValidationError as exc:
+        raise _invalid(exc.messages, prefix="") from None
+    trigger = envelope["trigger"]
+    bot = bot_uid or envelope["bot"]
+    path = MESSAGE_TRIGGERS.get(trigger)
+    if path is None:
+        return Callback(trigger=trigger, bot=bot, message=None)
+    raw = body
+    for i, key in enumerate(path):
+        raw = raw.get(key) if isinstance(raw, dict) else None
+        if not isinstance(raw, dict):
+            where = ".".join(path[: i + 1])
+            raise InvalidCallback(
+                f"{where} must be the message object", fields={where: [f"Expected an object, got {_json_type(raw)}."]}
+            )
+    try:
+        loaded = MESSAGE.load(raw)
+    except ValidationError as exc:
+        raise _invalid(exc.messages, prefix=".".join(path) + ".") from None
+    return Callback(trigger=trigger, bot=bot, message=_build_message(loaded, raw, bot=bot, trigger=trigger))
+
+
+def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
+    data = m["data"]
+    entities = data.get("entities") or {}
+    sender_entity = _entity(entities.get("sender"))
+    sender = User(
+        uid=m["sender"],
+        name=sender_entity.get("name") or "",
+        avatar=sender_entity.get("avatar") or "",
+        role=sender_entity.get("role") or "",
+    )
+    mentioned = {
+        uid: User(uid=e.get("uid") or uid, name=e.get("name") or "", role=e.get("role") or "")
+        for uid, e in (data.get("mentions") or {}).items()
+    }
+    raw_text = data.get("text") or ""
+    for uid in MENTION_TOKEN.findall(raw_text):  # tokens without a mentions entry still count
+        mentioned.setdefault(uid, User(uid=uid))
+    custom = data.get("customData")
+    if custom is None:
+        custom = data.get("custom_data")  # spelling in CometChat's prose (PLATFORM.md 2.6)
+    return Message(
+        id=m["id"],
+        category=m["category"],
+        type=m["type"],
+        sender=sender,
+        receiver=m["receiver"],
+        receiver_type=m["receiverType"],
+        conversation_id=m["conversationId"],
+        text=normalise_mentions(raw_text, bot, mentioned) if raw_text else "",
+        raw_text=raw_text,
+        attachments=tuple(
+            Attachment(url=a["url"], name=a["name"], mime_type=a["mimeType"], extension=a["extension"], size=a["size"])
+            for a in data.get("attachments") or ()
+        ),
+        custom_data=custom,
+        metadata=data.get("metadata") or {},
+        mentions=tuple(mentioned.values()),
+        action=data.get("action") or "",
+        parent_id=m["parentId"],
+        sent_at=m["sentAt"],
+        bot_uid=bot,
+        trigger=trigger,
+        raw=raw,
+    )
+
+
+def _entity(wrapper: Any) -> dict:
+    if isinstance(wrapper, dict) and isinstance(wrapper.get("entity"), dict):
+        return wrapper["entity"]
+    return {}
+
+
+def _invalid(messages: Any, *, prefix: str) -> InvalidCallback:
+    flat = dict(_flatten(messages, prefix.rstrip(".")))
+    names = ", ".join(sorted(flat))
+    return InvalidCallback(f"invalid callback: {names}", fields=flat)
+
+
+def _flatten(messages: Any, path: str):
+    if isinstance(messages, dict):
+        for key, value in messages.items():
+            yield from _flatten(value, f"{path}.{key}" if path else str(key))
+    elif isinstance(messages, list) and all(isinstance(m, str) for m in messages):
+        yield path or "_schema", messages
+    elif isinstance(messages, list):
+        for i, value in enumerate(messages):
+            yield from _flatten(value, f"{path}.{i}")
+    else:
+        yield path or "_schema", [str(messages)]
+
+
+def _json_type(value: Any) -> str:
+    if value is None:
+        return "null"
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean"}.get(type(value), "a number")

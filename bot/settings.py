@@ -1,0 +1,102 @@
+"""The framework's settings: one typed, validated value passed explicitly.
+
+The framework never reads the environment itself. The application's
+``config.py`` reads it once and builds a :class:`Settings`; tests build one
+directly. Secrets are excluded from ``repr`` so a logged settings object never
+leaks them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from .errors import ConfigError
+
+REGIONS = ("us", "eu", "in")
+
+
+@dataclass(frozen=True)
+class Settings:
+    # CometChat REST API (all four, or none for local mode).
+    app_id: str = ""
+    region: str = ""
+    api_key: str = field(default="", repr=False)
+    bot_uid: str = ""
+    api_url: str = ""  # override of https://{app_id}.api-{region}.cometchat.io/v3
+
+    # The callback CometChat posts to.
+    callback_path: str = "/cometchat/callback"
+    callback_username: str = ""
+    callback_password: str = field(default="", repr=False)
+    allow_unauthenticated_callbacks: bool = False
+    callback_max_bytes: int = 256 * 1024
+
+    # Handler discovery.
+    bots_package: str = "bots"
+
+    # Outbound HTTP.
+    http_timeout: float = 10.0
+    max_retries: int = 5
+    max_retry_wait: float = 60.0
+
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "region", self.region.strip().lower())
+        object.__setattr__(self, "bot_uid", self.bot_uid.strip().lower())
+        object.__setattr__(self, "api_url", self.api_url.rstrip("/"))
+        self._validate()
+
+    def _validate(self) -> None:
+        problems: list[str] = []
+        if self.region and self.region not in REGIONS:
+            problems.append(f"COMETCHAT_REGION must be one of {', '.join(REGIONS)} (got {self.region!r})")
+        given = {name: bool(getattr(self, attr)) for name, attr in _CREDENTIALS.items()}
+        if self.api_url:
+            given.pop("COMETCHAT_APP_ID")
+            given.pop("COMETCHAT_REGION")
+        if any(given.values()) and not all(given.values()):
+            missing = ", ".join(name for name, ok in given.items() if not ok)
+            problems.append(f"CometChat is partly configured: also set {missing} (or unset all for local mode)")
+        if bool(self.callback_username) != bool(self.callback_password):
+            problems.append("set both CALLBACK_USERNAME and CALLBACK_PASSWORD, or neither")
+        if self.is_live and not self.callback_auth_enabled and not self.allow_unauthenticated_callbacks:
+            problems.append(
+                "CometChat credentials are set but the callback is unauthenticated: set CALLBACK_USERNAME and "
+                "CALLBACK_PASSWORD (and the same Basic auth on the bot in CometChat), or set "
+                "ALLOW_UNAUTHENTICATED_CALLBACKS=true if something in front of the app authenticates"
+            )
+        if not self.callback_path.startswith("/"):
+            problems.append(f"CALLBACK_PATH must start with '/' (got {self.callback_path!r})")
+        if self.callback_max_bytes <= 0:
+            problems.append("CALLBACK_MAX_BYTES must be positive")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    @property
+    def is_live(self) -> bool:
+        """True when replies go to CometChat; False in local mode (no account)."""
+        return bool(self.api_key and self.bot_uid)
+
+    @property
+    def callback_auth_enabled(self) -> bool:
+        return bool(self.callback_username and self.callback_password)
+
+    @property
+    def base_url(self) -> str:
+        """Base URL of CometChat's REST API v3 for this app."""
+        if self.api_url:
+            return self.api_url
+        return f"https://{self.app_id}.api-{self.region}.cometchat.io/v3"
+
+    def replace(self, **changes: object) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+_CREDENTIALS = {
+    "COMETCHAT_APP_ID": "app_id",
+    "COMETCHAT_REGION": "region",
+    "COMETCHAT_API_KEY": "api_key",
+    "COMETCHAT_BOT_UID": "bot_uid",
+}

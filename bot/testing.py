@@ -1,0 +1,234 @@
+"""Helpers to test handlers in a few lines.
+
+.. code-block:: python
+
+    from bot.testing import BotTestClient
+    from bots.weather import bot
+
+    def test_weather():
+        client = BotTestClient.for_routers(bot)
+        assert client.send("weather Paris").texts == ["Sunny in Paris"]
+
+:func:`make_callback` builds a callback body like CometChat's; :func:`make_message`
+the :class:`Message` a handler receives; :class:`BotTestClient` posts callbacks
+through the real path (auth, validation, dispatch) of an app whose sender
+records instead of sending, and returns the replies each callback caused.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flask import Flask
+from werkzeug.test import TestResponse
+
+from .client import LocalSender
+from .factory import bot_app, build_app
+from .message import Message
+from .replies import SendRequest
+from .routing import Router
+from .schemas import parse_callback
+from .settings import Settings
+
+_ids = itertools.count(int(time.time()) % 1_000_000 * 1000)
+
+MEDIA_TYPES = {"image": "image/png", "file": "application/pdf", "audio": "audio/mpeg", "video": "video/mp4"}
+
+
+def make_callback(
+    text: str | None = None,
+    *,
+    type: str | None = None,
+    category: str | None = None,
+    sender: str = "alice",
+    sender_name: str | None = None,
+    group: str | None = None,
+    bot: str = "bot",
+    id: str | int | None = None,
+    mentions: Iterable[str] = (),
+    url: str | None = None,
+    attachments: list[dict[str, Any]] | None = None,
+    custom_data: Any = None,
+    metadata: Mapping[str, Any] | None = None,
+    action: str | None = None,
+    parent_id: str | None = None,
+    trigger: str = "after_message",
+) -> dict[str, Any]:
+    """A callback body shaped like CometChat's (PLATFORM.md 2.2).
+
+    ``text`` makes a text message; ``type="image"`` (with ``url``) a media
+    message; ``custom_data`` a custom one (``type`` names it); ``group`` sends it
+    to a group instead of 1:1 to the bot; ``mentions`` adds ``<@uid:...>``
+    mentions in front of the text.
+    """
+    message_id = str(id if id is not None else next(_ids))
+    if category is None:
+        category = "custom" if custom_data is not None else ("action" if action else "message")
+    if type is None:
+        type = {"custom": "custom", "action": "message"}.get(category, "text")
+    data: dict[str, Any] = {}
+    mentions = list(mentions)
+    if text is not None or mentions:
+        data["text"] = " ".join([f"<@uid:{uid}>" for uid in mentions] + ([text] if text else []))
+    if mentions:
+        data["mentions"] = {uid: {"uid": uid, "name": uid.title(), "role": "default"} for uid in mentions}
+    if type in MEDIA_TYPES and category == "message":
+        if attachments is None:
+            link = url or f"https://data-eu.cometchat.io/app/media/{message_id}.{MEDIA_TYPES[type].split('/')[1]}"
+            name = link.rsplit("/", 1)[-1]
+            attachments = [
+                {
+                    "url": link,
+                    "name": name,
+                    "mimeType": MEDIA_TYPES[type],
+                    "extension": name.rsplit(".", 1)[-1],
+                    "size": 1024,
+                }
+            ]
+        data["url"] = attachments[0]["url"] if attachments else url
+    if attachments is not None:
+        data["attachments"] = attachments
+    if custom_data is not None:
+        data["customData"] = custom_data
+    if metadata is not None:
+        data["metadata"] = dict(metadata)
+    if action is not None:
+        data["action"] = action
+    data["entities"] = {
+        "sender": {
+            "entityType": "user",
+            "entity": {"uid": sender, "name": sender_name or sender.title(), "role": "default"},
+        },
+        "receiver": (
+            {"entityType": "group", "entity": {"guid": group, "name": group}}
+            if group
+            else {"entityType": "user", "entity": {"uid": bot, "name": bot}}
+        ),
+    }
+    message: dict[str, Any] = {
+        "id": message_id,
+        "conversationId": f"group_{group}" if group else f"{sender}_user_{bot}",
+        "sender": sender,
+        "receiverType": "group" if group else "user",
+        "receiver": group or bot,
+        "category": category,
+        "type": type,
+        "data": data,
+        "sentAt": int(time.time()),
+        "updatedAt": int(time.time()),
+    }
+    if parent_id is not None:
+        message["parentId"] = parent_id
+    if trigger == "message_sent":
+        return {"trigger": trigger, "appId": "app", "region": "eu", "webhook": "test", "data": {"message": message}}
+    return {"trigger": trigger, "data": message, "appId": "app", "region": "eu", "chatAPIVersion": "3.0", "bot": bot}
+
+
+def make_message(text: str | None = None, **kwargs: Any) -> Message:
+    """The :class:`Message` a handler would receive for ``make_callback(text, **kwargs)``."""
+    callback = parse_callback(make_callback(text, **kwargs))
+    assert callback.message is not None
+    return callback.message
+
+
+@dataclass(frozen=True)
+class SentReply:
+    """One reply the bot sent: the CometChat request body, with shortcuts."""
+
+    request: SendRequest
+
+    @property
+    def body(self) -> dict[str, Any]:
+        return self.request.body
+
+    @property
+    def text(self) -> str | None:
+        return self.body["data"].get("text")
+
+    @property
+    def type(self) -> str:
+        return self.body["type"]
+
+    @property
+    def category(self) -> str:
+        return self.body["category"]
+
+    @property
+    def receiver(self) -> str:
+        return self.body["receiver"]
+
+    @property
+    def receiver_type(self) -> str:
+        return self.body["receiverType"]
+
+    @property
+    def attachments(self) -> list[dict[str, Any]]:
+        return self.body["data"].get("attachments", [])
+
+    @property
+    def custom_data(self) -> Any:
+        return self.body["data"].get("customData")
+
+
+class Replies(list):
+    """The replies one callback caused, in the order they were sent."""
+
+    @property
+    def texts(self) -> list[str | None]:
+        return [reply.text for reply in self]
+
+
+class BotTestClient:
+    """Posts callbacks to an app through its real callback path and returns what the bot sent."""
+
+    def __init__(self, app: Flask) -> None:
+        self.app = app
+        self.state = bot_app(app)
+        if not isinstance(self.state.sender, LocalSender):
+            raise TypeError(
+                "BotTestClient needs an app in local mode (no CometChat credentials) or built for_routers()"
+            )
+        self.recorder: LocalSender = self.state.sender
+        self.http = app.test_client()
+        settings = self.state.settings
+        self.auth_header = (
+            "Basic " + base64.b64encode(f"{settings.callback_username}:{settings.callback_password}".encode()).decode()
+            if settings.callback_auth_enabled
+            else None
+        )
+
+    @classmethod
+    def for_routers(cls, *routers: Router, settings: Settings | None = None) -> BotTestClient:
+        """An app of just ``routers``, in local mode, whose replies are recorded (not printed)."""
+        return cls(build_app(settings or Settings(), routers, sender=LocalSender(echo=False), import_name=__name__))
+
+    @property
+    def path(self) -> str:
+        return self.state.settings.callback_path
+
+    def post(self, payload: Any, *, auth: bool = True, headers: Mapping[str, str] | None = None) -> TestResponse:
+        """POST ``payload`` (a dict, or raw bytes/str sent as is) to the callback."""
+        all_headers = {"Content-Type": "application/json"}
+        if auth and self.auth_header:
+            all_headers["Authorization"] = self.auth_header
+        all_headers.update(headers or {})
+        if isinstance(payload, (bytes, str)):
+            return self.http.post(self.path, data=payload, headers=all_headers)
+        return self.http.post(self.path, json=payload, headers=all_headers)
+
+    def send(self, text: str | None = None, **callback: Any) -> Replies:
+        """Post ``make_callback(text, **callback)`` and return the replies it caused (asserting a 200)."""
+        return self.send_payload(make_callback(text, **callback))
+
+    def send_payload(self, payload: Mapping[str, Any]) -> Replies:
+        before = self.recorder.total
+        response = self.post(dict(payload))
+        if response.status_code != 200:
+            raise AssertionError(f"callback answered {response.status_code}: {response.get_data(as_text=True)}")
+        new = self.recorder.total - before
+        return Replies(SentReply(r) for r in list(self.recorder.sent)[-new:] if new)
