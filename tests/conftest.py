@@ -1,0 +1,75 @@
+"""Shared fixtures: CometChat samples, settings, apps in local and live mode, the fake CometChat API."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from pytest_httpserver import HTTPServer
+
+import app as app_module
+from bot.factory import bot_app
+
+DATA = Path(__file__).parent / "data"
+PAYLOADS = sorted((DATA / "payloads").glob("*.json"))
+INVALID_PAYLOADS = sorted((DATA / "payloads" / "invalid").glob("*.json"))
+
+BOT_UID = "helpdesk-bot"
+API_KEY = "test-api-key"
+USERNAME, PASSWORD = "cometchat", "s3cret-callback-pass"
+
+
+def load_json(relative: str) -> Any:
+    return json.loads((DATA / relative).read_text())
+
+
+@pytest.fixture
+def payload():
+    """payload("text_user") -> the sample callback as a dict."""
+    return lambda name: load_json(f"payloads/{name}.json")
+
+
+@pytest.fixture
+def api_answer():
+    """api_answer("rate_limited_429") -> (status, headers, body) of a sample API answer."""
+
+    def load(name: str) -> tuple[int, dict[str, str], dict]:
+        sample = load_json(f"api/{name}.json")
+        return sample["status"], sample.get("headers", {}), sample["body"]
+
+    return load
+
+
+@pytest.fixture
+def live_settings(httpserver: HTTPServer) -> dict[str, str]:
+    """Settings for an app that sends to the fake CometChat API (pytest-httpserver) with callback auth."""
+    return {
+        "COMETCHAT_APP_ID": "25a8c0ffee",
+        "COMETCHAT_REGION": "eu",
+        "COMETCHAT_API_KEY": API_KEY,
+        "COMETCHAT_BOT_UID": BOT_UID,
+        "COMETCHAT_API_URL": httpserver.url_for("/v3"),
+        "CALLBACK_USERNAME": USERNAME,
+        "CALLBACK_PASSWORD": PASSWORD,
+        "COMETCHAT_MAX_RETRIES": "3",
+    }
+
+
+@pytest.fixture
+def live_app(live_settings, monkeypatch):
+    """The real app (bots/ examples) sending to the fake CometChat API."""
+    for name in live_settings:  # the process environment must not leak into tests
+        monkeypatch.delenv(name, raising=False)
+    app = app_module.create_app(live_settings)
+    yield app
+    bot_app(app).wait_idle(5)
+
+
+@pytest.fixture
+def basic_auth() -> dict[str, str]:
+    import base64
+
+    token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
