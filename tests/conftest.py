@@ -10,6 +10,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 
 import app as app_module
+import config
 from bot.factory import bot_app
 
 DATA = Path(__file__).parent / "data"
@@ -23,6 +24,13 @@ USERNAME, PASSWORD = "cometchat", "s3cret-callback-pass"
 
 def load_json(relative: str) -> Any:
     return json.loads((DATA / relative).read_text())
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    """Tests start from an empty configuration, whatever the developer's shell exports."""
+    for name in config.VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 @pytest.fixture
@@ -58,10 +66,8 @@ def live_settings(httpserver: HTTPServer) -> dict[str, str]:
 
 
 @pytest.fixture
-def live_app(live_settings, monkeypatch):
+def live_app(live_settings):
     """The real app (bots/ examples) sending to the fake CometChat API."""
-    for name in live_settings:  # the process environment must not leak into tests
-        monkeypatch.delenv(name, raising=False)
     app = app_module.create_app(live_settings)
     yield app
     bot_app(app).wait_idle(5)
