@@ -40,6 +40,13 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "ALLOW_UNAUTHENTICATED_CALLBACKS": ("allow_unauthenticated_callbacks", _bool),
     "CALLBACK_MAX_BYTES": ("callback_max_bytes", int),
     "BOTS_PACKAGE": ("bots_package", str),
+    "JOURNAL_PATH": ("journal_path", str),
+    "JOURNAL_SYNC": ("journal_sync", str),
+    "DEDUP_TTL": ("dedup_ttl", float),
+    "HANDLER_THREADS": ("handler_threads", int),
+    "SENDER_THREADS": ("sender_threads", int),
+    "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
+    "DRAIN_TIMEOUT": ("drain_timeout", float),
     "LOG_LEVEL": ("log_level", str),
 }
 

@@ -2,7 +2,8 @@
 
 The view does only what must happen before the answer: Basic auth, content
 type, size, JSON, schema, the screen (own messages, other bots), and the
-hand-off of the :class:`Message` to ``submit``. Every rejection is a 4xx with
+hand-off of the :class:`Message` to ``submit`` (the pipeline journals it;
+handlers run after the answer). Every rejection is a 4xx with
 a JSON body naming the problem; ignored callbacks are acknowledged with 200.
 """
 
@@ -23,7 +24,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-Submit = Callable[[Message], None]
+#: Takes an accepted message and its callback body; returns "accepted" or "duplicate".
+Submit = Callable[[Message, bytes], str]
 
 
 def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit) -> Blueprint:
@@ -49,15 +51,17 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit)
                 f"the callback must be JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
             )
         request.max_content_length = settings.callback_max_bytes  # larger bodies: 413 while reading
-        body = _decode_json(request.get_data(cache=False))
-        cb = parse_callback(body, bot_uid=settings.bot_uid)
+        data = request.get_data(cache=False)
+        cb = parse_callback(_decode_json(data), bot_uid=settings.bot_uid)
         reason = dispatcher.screen(cb)
         if reason:
             log.debug("callback ignored: %s", reason)
             return jsonify(status="ignored", reason=reason)
         assert cb.message is not None  # screen() passes only callbacks with a message
-        submit(cb.message)
-        return jsonify(status="accepted", message_id=cb.message.id)
+        status = submit(cb.message, data)
+        if status == "duplicate":
+            log.info("message %s in %s: delivered again; already accepted", cb.message.id, cb.message.conversation_id)
+        return jsonify(status=status, message_id=cb.message.id)
 
     return bp
 

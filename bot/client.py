@@ -36,7 +36,9 @@ log = logging.getLogger(__name__)
 
 
 class Sender(Protocol):
-    def send(self, request: SendRequest) -> dict[str, Any]: ...
+    def attempt(self, request: SendRequest) -> dict[str, Any]:
+        """Deliver ``request`` once: the created message, or a :class:`CometChatError`."""
+        ...
 
 
 @dataclass(frozen=True)
@@ -109,6 +111,10 @@ class CometChatClient:
                 )
                 self._sleep(wait)
 
+    def attempt(self, request: SendRequest) -> dict[str, Any]:
+        """One try at a request (the pipeline schedules retries itself, without blocking a thread)."""
+        return self.request("POST", request.path, request.body)
+
     def request(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None) -> Any:
         """One attempt. Returns the answer's ``data``; raises a :class:`CometChatError` subclass."""
         kwargs: dict[str, Any] = {"timeout": self.timeout, "headers": dict(headers or {})}
@@ -172,7 +178,7 @@ class LocalSender:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def send(self, request: SendRequest) -> dict[str, Any]:
+    def attempt(self, request: SendRequest) -> dict[str, Any]:
         with self._lock:
             self.sent.append(request)
             self.total += 1
@@ -182,3 +188,5 @@ class LocalSender:
             shown = body["data"].get("text") or json.dumps(body["data"], ensure_ascii=False)
             print(f"[bot -> {body['receiverType']} {body['receiver']}] {shown}", flush=True)
         return {**request.body, "id": message_id}
+
+    send = attempt  # nothing to retry locally

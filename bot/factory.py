@@ -1,7 +1,8 @@
 """Wiring: settings + routers -> a Flask app serving the callback.
 
 ``build_app`` chooses the sender (CometChat, or local mode's printer), builds
-the dispatcher, registers the blueprint and answers every HTTP error as JSON.
+the journal and the delivery pipeline (which owns the dispatcher), registers
+the blueprint and answers every HTTP error as JSON.
 The pieces are kept on ``app.extensions["cometchat_bot"]`` (a :class:`BotApp`)
 for the testing helpers and the CLI.
 """
@@ -16,9 +17,10 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import create_blueprint
-from .client import CometChatClient, LocalSender, Sender
-from .dispatch import Dispatcher, Outcome
-from .message import Message
+from .client import CometChatClient, LocalSender, RetryPolicy, Sender
+from .dispatch import Dispatcher
+from .journal import Journal, RateLimit
+from .pipeline import Pipeline, PipelineOptions
 from .routing import Router
 from .settings import Settings
 
@@ -34,30 +36,26 @@ class BotApp:
     settings: Settings
     router: Router
     sender: Sender
-    dispatcher: Dispatcher
+    pipeline: Pipeline
 
-    def submit(self, msg: Message) -> Outcome:
-        """Handle an accepted message (inline, in the request)."""
-        outcome = self.dispatcher.handle(msg)
-        log.info(
-            "message %s in %s: %s by %s, %d sent in %.1f ms",
-            outcome.message_id,
-            outcome.conversation_id,
-            outcome.status,
-            outcome.handler or "-",
-            outcome.sent,
-            outcome.seconds * 1000,
-        )
-        return outcome
+    @property
+    def dispatcher(self) -> Dispatcher:
+        return self.pipeline.dispatcher
+
+    @property
+    def journal(self) -> Journal:
+        return self.pipeline.journal
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
-        """Block until every accepted message has been handled (True) or ``timeout`` passes (False).
+        """Block until every accepted message is handled and its replies delivered (True), or ``timeout`` passes.
 
         Tests call this after posting a callback, before looking at what was sent.
-        Messages are handled inline in the request for now, so there is never
-        anything left to wait for.
         """
-        return True
+        return self.pipeline.wait_idle(timeout)
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Stop the pipeline (draining running work for up to ``timeout`` s)."""
+        return self.pipeline.stop(timeout)
 
 
 def build_app(
@@ -78,13 +76,31 @@ def build_app(
         else:
             log.warning("local mode: no CometChat credentials configured; replies are printed, not sent")
             sender = LocalSender()
-    dispatcher = Dispatcher(root, sender.send, bot_uid=settings.bot_uid)
-    state = BotApp(settings, root, sender, dispatcher)
+    journal = Journal(
+        settings.journal_path,
+        dedup_ttl=settings.dedup_ttl,
+        rate_limit=RateLimit.parse(settings.rate_limit),
+        synchronous=settings.journal_sync,
+    )
+    pipeline = Pipeline(
+        journal,
+        root,
+        sender,
+        bot_uid=settings.bot_uid,
+        retry=RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait),
+        options=PipelineOptions(
+            handler_threads=settings.handler_threads,
+            sender_threads=settings.sender_threads,
+            drain_timeout=settings.drain_timeout,
+        ),
+    )
+    state = BotApp(settings, root, sender, pipeline)
 
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
-    app.register_blueprint(create_blueprint(settings, dispatcher, state.submit))
+    app.register_blueprint(create_blueprint(settings, pipeline.dispatcher, pipeline.submit))
     app.register_error_handler(HTTPException, _json_http_error)
+    pipeline.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
     return app
 
 

@@ -40,6 +40,15 @@ class Settings:
     max_retries: int = 5
     max_retry_wait: float = 60.0
 
+    # Delivery pipeline (ack first, handle and send in the background).
+    journal_path: str = "var/journal.sqlite3"
+    journal_sync: str = "normal"  # "full": also survive an OS crash, at a cost per callback
+    dedup_ttl: float = 3600.0  # seconds a message id is remembered against redelivery
+    handler_threads: int = 16  # handlers running at once, per process
+    sender_threads: int = 64  # replies in flight at once, per process
+    rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
+    drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
+
     log_level: str = "INFO"
 
     def __post_init__(self) -> None:
@@ -71,6 +80,12 @@ class Settings:
             problems.append(f"CALLBACK_PATH must start with '/' (got {self.callback_path!r})")
         if self.callback_max_bytes <= 0:
             problems.append("CALLBACK_MAX_BYTES must be positive")
+        if self.handler_threads < 1 or self.sender_threads < 1:
+            problems.append("HANDLER_THREADS and SENDER_THREADS must be at least 1")
+        if self.dedup_ttl < 0:
+            problems.append("DEDUP_TTL must not be negative")
+        if self.journal_sync.lower() not in ("normal", "full"):
+            problems.append(f"JOURNAL_SYNC must be normal or full (got {self.journal_sync!r})")
         if problems:
             raise ConfigError("; ".join(problems))
 

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import base64
 import itertools
+import os
+import tempfile
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -186,8 +188,9 @@ class Replies(list):
 class BotTestClient:
     """Posts callbacks to an app through its real callback path and returns what the bot sent."""
 
-    def __init__(self, app: Flask) -> None:
+    def __init__(self, app: Flask, *, timeout: float = 5.0) -> None:
         self.app = app
+        self.timeout = timeout
         self.state = bot_app(app)
         if not isinstance(self.state.sender, LocalSender):
             raise TypeError(
@@ -204,8 +207,23 @@ class BotTestClient:
 
     @classmethod
     def for_routers(cls, *routers: Router, settings: Settings | None = None) -> BotTestClient:
-        """An app of just ``routers``, in local mode, whose replies are recorded (not printed)."""
-        return cls(build_app(settings or Settings(), routers, sender=LocalSender(echo=False), import_name=__name__))
+        """An app of just ``routers``, in local mode, whose replies are recorded (not printed).
+
+        Without ``settings`` its journal lives in a fresh temporary directory.
+        """
+        if settings is None:
+            settings = Settings(journal_path=os.path.join(tempfile.mkdtemp(prefix="bot-test-"), "journal.sqlite3"))
+        return cls(build_app(settings, routers, sender=LocalSender(echo=False), import_name=__name__))
+
+    def close(self) -> None:
+        """Stop the app's pipeline threads."""
+        self.state.close(timeout=2)
+
+    def __enter__(self) -> BotTestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def path(self) -> str:
@@ -230,5 +248,7 @@ class BotTestClient:
         response = self.post(dict(payload))
         if response.status_code != 200:
             raise AssertionError(f"callback answered {response.status_code}: {response.get_data(as_text=True)}")
+        if not self.state.wait_idle(self.timeout):
+            raise AssertionError(f"the bot did not finish within {self.timeout} s")
         new = self.recorder.total - before
         return Replies(SentReply(r) for r in list(self.recorder.sent)[-new:] if new)

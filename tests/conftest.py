@@ -12,6 +12,7 @@ from pytest_httpserver import HTTPServer
 import app as app_module
 import config
 from bot.factory import bot_app
+from bot.pipeline import Pipeline
 
 DATA = Path(__file__).parent / "data"
 PAYLOADS = sorted((DATA / "payloads").glob("*.json"))
@@ -27,10 +28,14 @@ def load_json(relative: str) -> Any:
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch):
-    """Tests start from an empty configuration, whatever the developer's shell exports."""
+def clean_environment(monkeypatch, tmp_path):
+    """Tests start from an empty configuration (whatever the shell exports) and a journal of their own."""
     for name in config.VARIABLES:
         monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JOURNAL_PATH", str(tmp_path / "journal.sqlite3"))
+    yield
+    for pipeline in list(Pipeline.instances):  # stop the background threads of every app the test built
+        pipeline.stop(timeout=2)
 
 
 @pytest.fixture

@@ -1,0 +1,532 @@
+"""The local journal: what makes an acknowledged callback survive a crash.
+
+One SQLite file (WAL mode, standard library) shared by every process of the
+app on a host. Four tables:
+
+* ``inbox``: accepted callbacks not yet handled (one row per message);
+* ``outbox``: replies not yet delivered (one row per CometChat request);
+* ``seen``: message ids and reply muids within the dedup window, so a
+  redelivered callback is not handled twice and a re-run handler does not
+  send a reply twice;
+* ``dead_letters``: replies that finally failed, kept for inspection.
+
+**Lanes.** A row may run only when no earlier row of the same conversation is
+still in its table (running or waiting). That keeps handlers, and separately
+replies, in the order of the conversation's messages, across processes,
+while other conversations run concurrently. A process claims a row by
+writing its ``owner`` id; a row whose owner process died is released again
+(:meth:`Journal.recover`).
+
+Writes use ``BEGIN IMMEDIATE`` (no lock upgrades, no deadlocks) and
+``synchronous=NORMAL``: in WAL mode a commit survives the process being
+killed; only an OS crash or power loss can lose the last commits
+(``JOURNAL_SYNC=full`` closes that too, at a cost per callback).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import sqlite3
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+from .replies import SendRequest
+
+log = logging.getLogger(__name__)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS inbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT    NOT NULL,
+    message_id   TEXT    NOT NULL,
+    body         BLOB    NOT NULL,  -- the callback as received, re-parsed when another process handles it
+    owner        TEXT,              -- NULL: waiting; else the process handling it
+    attempts     INTEGER NOT NULL DEFAULT 0,
+    accepted_at  REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_lane ON inbox (conversation, seq);
+
+CREATE TABLE IF NOT EXISTS outbox (
+    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    conversation TEXT    NOT NULL,
+    message_id   TEXT    NOT NULL,
+    path         TEXT    NOT NULL,
+    body         TEXT    NOT NULL,  -- JSON request body, muid included
+    owner        TEXT,
+    attempts     INTEGER NOT NULL DEFAULT 0,  -- failed attempts so far
+    not_before   REAL    NOT NULL DEFAULT 0,  -- retry time after a failure
+    accepted_at  REAL    NOT NULL             -- when the callback it answers was accepted
+);
+CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (conversation, seq);
+
+CREATE TABLE IF NOT EXISTS seen (
+    key        TEXT PRIMARY KEY,
+    expires_at REAL NOT NULL
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS seen_expiry ON seen (expires_at);
+
+CREATE TABLE IF NOT EXISTS dead_letters (
+    id           INTEGER PRIMARY KEY AUTOINCREMENT,
+    kind         TEXT    NOT NULL,  -- 'reply' (a request that failed) or 'message' (a handler that kept crashing)
+    conversation TEXT    NOT NULL,
+    message_id   TEXT    NOT NULL,
+    path         TEXT,
+    body         TEXT    NOT NULL,
+    error_code   TEXT    NOT NULL,
+    error        TEXT    NOT NULL,
+    attempts     INTEGER NOT NULL,
+    failed_at    REAL    NOT NULL
+);
+
+CREATE TABLE IF NOT EXISTS rate_bucket (
+    name       TEXT PRIMARY KEY,
+    tokens     REAL NOT NULL,
+    updated_at REAL NOT NULL
+);
+"""
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    seq: int
+    conversation: str
+    message_id: str
+    body: bytes
+    attempts: int  # claims so far, this one included
+    accepted_at: float
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    seq: int
+    conversation: str
+    message_id: str
+    request: SendRequest
+    attempts: int  # failed attempts so far
+    accepted_at: float
+
+
+@dataclass(frozen=True)
+class RateLimit:
+    """At most ``count`` sends per ``seconds`` across all processes, e.g. ``500/min``; bursts up to 1 s worth."""
+
+    count: int
+    seconds: float
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit | None:
+        text = text.strip()
+        if not text:
+            return None
+        units = {"s": 1, "sec": 1, "second": 1, "m": 60, "min": 60, "minute": 60, "h": 3600, "hour": 3600}
+        try:
+            count, unit = text.split("/", 1)
+            limit = cls(int(count), float(units[unit.strip().lower()]))
+        except (ValueError, KeyError):
+            raise ConfigError(
+                f"COMETCHAT_RATE_LIMIT must look like 500/min, 20/s or 1000/hour (got {text!r})"
+            ) from None
+        if limit.count <= 0:
+            raise ConfigError("COMETCHAT_RATE_LIMIT must allow at least one send")
+        return limit
+
+    @property
+    def per_second(self) -> float:
+        return self.count / self.seconds
+
+    @property
+    def burst(self) -> float:
+        return max(1.0, self.per_second)
+
+
+@dataclass(frozen=True)
+class Depth:
+    inbox: int
+    inbox_running: int
+    outbox: int
+    outbox_waiting_retry: int
+    dead_letters: int
+
+
+def process_owner() -> str:
+    """This process's owner id: host, pid and process start time (so a reused pid is not taken for us)."""
+    return f"{socket.gethostname()}:{os.getpid()}:{_start_time(os.getpid())}"
+
+
+def owner_alive(owner: str) -> bool:
+    host, _, rest = owner.partition(":")
+    pid_text, _, started = rest.partition(":")
+    if host != socket.gethostname():
+        return True  # not ours to judge; the journal is meant to be host-local anyway
+    try:
+        pid = int(pid_text)
+        os.kill(pid, 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        pass  # exists, owned by another user
+    return _start_time(pid) == started
+
+
+def _start_time(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[19].decode()  # field 22: starttime in clock ticks
+    except (OSError, IndexError):
+        return "0"
+
+
+class Journal:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        dedup_ttl: float = 3600.0,
+        rate_limit: RateLimit | None = None,
+        synchronous: str = "NORMAL",
+    ) -> None:
+        self.path = str(path)
+        self.dedup_ttl = dedup_ttl
+        self.rate_limit = rate_limit
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("NORMAL", "FULL"):
+            raise ConfigError("JOURNAL_SYNC must be normal or full")
+        self.owner = process_owner()
+        self._local = threading.local()
+        if self.path != ":memory:":
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
+        con = self._connection()
+        con.executescript(SCHEMA)
+
+    # ------------------------------------------------------------ connections
+
+    def _connection(self) -> sqlite3.Connection:
+        """One connection per thread and process (sqlite3 connections must not cross a fork)."""
+        pid = os.getpid()
+        con = getattr(self._local, "con", None)
+        if con is None or self._local.pid != pid:
+            if self._local.__dict__.get("pid") != pid:
+                self.owner = process_owner()
+            con = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=True)
+            con.execute("PRAGMA journal_mode=WAL")
+            con.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._local.con, self._local.pid = con, pid
+        return con
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        con = self._connection()
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            yield con
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+
+    def close(self) -> None:
+        con = getattr(self._local, "con", None)
+        if con is not None:
+            con.close()
+            self._local.con = None
+
+    # ------------------------------------------------------------ inbox
+
+    def accept(self, bot: str, conversation: str, message_id: str, body: bytes, *, claim: bool) -> InboxItem | bool:
+        """Record an accepted callback. False if it was seen within the dedup window (a redelivery).
+
+        With ``claim``, the row is claimed for this process at once when its
+        lane is free, and returned; otherwise True is returned and a claimer
+        will pick the row up.
+        """
+        now = time.time()
+        with self._write() as con:
+            if not self._first_sighting(con, f"m\x1f{bot}\x1f{message_id}", now):
+                return False
+            owner = self.owner if claim else None
+            row = con.execute(
+                "INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at) "
+                "SELECT ?1, ?2, ?3, lane_free.ok, lane_free.ok IS NOT NULL, ?5 FROM "
+                "(SELECT CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE conversation = ?1) THEN NULL ELSE ?4 END AS ok)"
+                " AS lane_free RETURNING seq, owner",
+                (conversation, message_id, body, owner, now),
+            ).fetchone()
+        if row[1] is None:
+            return True
+        return InboxItem(row[0], conversation, message_id, body, 1, now)
+
+    def claim_inbox(self, limit: int) -> list[InboxItem]:
+        """Claim up to ``limit`` waiting messages that head their lane, oldest first."""
+        if limit <= 0 or not self._has("SELECT 1 FROM inbox WHERE owner IS NULL LIMIT 1"):
+            return []
+        with self._write() as con:
+            rows = con.execute(
+                "UPDATE inbox SET owner = ?1, attempts = attempts + 1 WHERE seq IN ("
+                " SELECT seq FROM inbox AS i WHERE owner IS NULL AND NOT EXISTS"
+                "  (SELECT 1 FROM inbox AS e WHERE e.conversation = i.conversation AND e.seq < i.seq)"
+                " ORDER BY seq LIMIT ?2) "
+                "RETURNING seq, conversation, message_id, body, attempts, accepted_at",
+                (self.owner, limit),
+            ).fetchall()
+        return sorted((InboxItem(*row) for row in rows), key=lambda item: item.seq)
+
+    def finish_inbox(self, item: InboxItem) -> InboxItem | None:
+        """Drop a handled message and claim the next one of its conversation, if one waits."""
+        with self._write() as con:
+            con.execute("DELETE FROM inbox WHERE seq = ?", (item.seq,))
+            row = con.execute(
+                "UPDATE inbox SET owner = ?1, attempts = attempts + 1 WHERE seq = "
+                " (SELECT min(seq) FROM inbox WHERE conversation = ?2) AND owner IS NULL "
+                "RETURNING seq, conversation, message_id, body, attempts, accepted_at",
+                (self.owner, item.conversation),
+            ).fetchone()
+        return InboxItem(*row) if row else None
+
+    def dead_letter_message(self, item: InboxItem, error: str) -> InboxItem | None:
+        """Give up on a message whose handler kept killing its process; claims the lane's next message."""
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO dead_letters (kind, conversation, message_id, path, body, error_code, error, attempts,"
+                " failed_at) VALUES ('message', ?, ?, NULL, ?, 'HANDLER_CRASHED', ?, ?, ?)",
+                (
+                    item.conversation,
+                    item.message_id,
+                    item.body.decode(errors="replace"),
+                    error,
+                    item.attempts,
+                    time.time(),
+                ),
+            )
+        return self.finish_inbox(item)
+
+    def release(self, inbox: Sequence[InboxItem] = (), outbox: Sequence[OutboxItem] = ()) -> None:
+        """Give claimed rows back (shutdown): another process, or the next start, takes them."""
+        with self._write() as con:
+            con.executemany(
+                "UPDATE inbox SET owner = NULL WHERE seq = ? AND owner = ?", [(i.seq, self.owner) for i in inbox]
+            )
+            con.executemany(
+                "UPDATE outbox SET owner = NULL WHERE seq = ? AND owner = ?", [(o.seq, self.owner) for o in outbox]
+            )
+
+    # ------------------------------------------------------------ outbox
+
+    def add_reply(self, request: SendRequest, *, accepted_at: float, claim: bool) -> OutboxItem | bool:
+        """Queue a reply. False if its muid was queued before (a handler re-run after a crash).
+
+        With ``claim``, the reply is claimed for this process at once when its
+        lane is free (and the rate limit allows), and returned.
+        """
+        now = time.time()
+        body = json.dumps(request.body, ensure_ascii=False, separators=(",", ":"))
+        with self._write() as con:
+            if request.muid and not self._first_sighting(con, f"r\x1f{request.muid}", now):
+                return False
+            lane_busy = con.execute("SELECT 1 FROM outbox WHERE conversation = ? LIMIT 1", (request.conversation_id,))
+            owner = self.owner if claim and lane_busy.fetchone() is None and self._take_tokens(con, 1, now) else None
+            seq = con.execute(
+                "INSERT INTO outbox (conversation, message_id, path, body, owner, accepted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
+                (request.conversation_id, request.message_id, request.path, body, owner, accepted_at),
+            ).fetchone()[0]
+        if owner is None:
+            return True
+        return OutboxItem(seq, request.conversation_id, request.message_id, request, 0, accepted_at)
+
+    def claim_replies(self, limit: int) -> list[OutboxItem]:
+        """Claim up to ``limit`` due replies that head their lane, oldest first, within the rate limit."""
+        now = time.time()
+        if limit <= 0 or not self._has("SELECT 1 FROM outbox WHERE owner IS NULL AND not_before <= ? LIMIT 1", now):
+            return []
+        with self._write() as con:
+            if self.rate_limit is not None:
+                limit = min(limit, int(self._tokens(con, now)))
+                if limit <= 0:
+                    return []
+            rows = con.execute(
+                "UPDATE outbox SET owner = ?1 WHERE seq IN ("
+                " SELECT seq FROM outbox AS o WHERE owner IS NULL AND not_before <= ?2 AND NOT EXISTS"
+                "  (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
+                " ORDER BY seq LIMIT ?3) "
+                "RETURNING seq, conversation, message_id, path, body, attempts, accepted_at",
+                (self.owner, now, limit),
+            ).fetchall()
+            self._take_tokens(con, len(rows), now)
+        return sorted((self._outbox_item(row) for row in rows), key=lambda item: item.seq)
+
+    def finish_reply(self, item: OutboxItem) -> OutboxItem | None:
+        """Drop a delivered reply and claim the next due reply of its conversation, if any (and allowed)."""
+        with self._write() as con:
+            con.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
+            return self._claim_next_reply(con, item.conversation)
+
+    def retry_reply(self, item: OutboxItem, not_before: float) -> None:
+        """Put a failed reply back, due at ``not_before``; its lane waits for it."""
+        with self._write() as con:
+            con.execute(
+                "UPDATE outbox SET owner = NULL, attempts = attempts + 1, not_before = ? WHERE seq = ?",
+                (not_before, item.seq),
+            )
+
+    def dead_letter_reply(self, item: OutboxItem, code: str, error: str) -> OutboxItem | None:
+        """Move a reply that finally failed to the dead letters; claims the lane's next reply."""
+        with self._write() as con:
+            con.execute(
+                "INSERT INTO dead_letters (kind, conversation, message_id, path, body, error_code, error, attempts,"
+                " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    item.conversation,
+                    item.message_id,
+                    item.request.path,
+                    json.dumps(item.request.body, ensure_ascii=False),
+                    code,
+                    error,
+                    item.attempts + 1,
+                    time.time(),
+                ),
+            )
+            con.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
+            return self._claim_next_reply(con, item.conversation)
+
+    def next_due(self) -> float | None:
+        """When the earliest waiting reply becomes due (None if none waits)."""
+        row = self._connection().execute("SELECT min(not_before) FROM outbox WHERE owner IS NULL").fetchone()
+        return row[0]
+
+    def _claim_next_reply(self, con: sqlite3.Connection, conversation: str) -> OutboxItem | None:
+        now = time.time()
+        if not self._take_tokens(con, 1, now, commit=False):
+            return None
+        row = con.execute(
+            "UPDATE outbox SET owner = ?1 WHERE seq = (SELECT min(seq) FROM outbox WHERE conversation = ?2)"
+            " AND owner IS NULL AND not_before <= ?3 "
+            "RETURNING seq, conversation, message_id, path, body, attempts, accepted_at",
+            (self.owner, conversation, now),
+        ).fetchone()
+        if row is None:
+            return None
+        self._take_tokens(con, 1, now)
+        return self._outbox_item(row)
+
+    @staticmethod
+    def _outbox_item(row: tuple[Any, ...]) -> OutboxItem:
+        seq, conversation, message_id, path, body, attempts, accepted_at = row
+        request = SendRequest(path, json.loads(body), message_id, conversation)
+        return OutboxItem(seq, conversation, message_id, request, attempts, accepted_at)
+
+    # ------------------------------------------------------------ rate limit
+
+    def _tokens(self, con: sqlite3.Connection, now: float) -> float:
+        limit = self.rate_limit
+        assert limit is not None
+        row = con.execute("SELECT tokens, updated_at FROM rate_bucket WHERE name = 'send'").fetchone()
+        if row is None:
+            return limit.burst
+        tokens, updated = row
+        return min(limit.burst, tokens + max(0.0, now - updated) * limit.per_second)
+
+    def _take_tokens(self, con: sqlite3.Connection, n: int, now: float, *, commit: bool = True) -> bool:
+        """Whether ``n`` sends fit the shared token bucket now; takes them when ``commit``."""
+        if self.rate_limit is None:
+            return True
+        tokens = self._tokens(con, now)
+        if tokens < n:
+            return False
+        if commit and n:
+            con.execute(
+                "INSERT INTO rate_bucket (name, tokens, updated_at) VALUES ('send', ?1, ?2) "
+                "ON CONFLICT (name) DO UPDATE SET tokens = ?1, updated_at = ?2",
+                (tokens - n, now),
+            )
+        return True
+
+    def next_token_in(self) -> float:
+        """Seconds until the bucket holds a token again (0 without a rate limit)."""
+        if self.rate_limit is None:
+            return 0.0
+        con = self._connection()
+        tokens = self._tokens(con, time.time())
+        return max(0.0, (1 - tokens) / self.rate_limit.per_second)
+
+    # ------------------------------------------------------------ housekeeping
+
+    def _first_sighting(self, con: sqlite3.Connection, key: str, now: float) -> bool:
+        """Record ``key`` in the dedup window; False if it is already there (and not expired)."""
+        cursor = con.execute(
+            "INSERT INTO seen (key, expires_at) VALUES (?1, ?2) "
+            "ON CONFLICT (key) DO UPDATE SET expires_at = ?2 WHERE seen.expires_at < ?3",
+            (key, now + self.dedup_ttl, now),
+        )
+        return cursor.rowcount == 1
+
+    def recover(self) -> tuple[int, int]:
+        """Release rows claimed by processes that no longer exist (killed, crashed). Returns (inbox, outbox) counts."""
+        con = self._connection()
+        owners = {
+            row[0]
+            for row in con.execute(
+                "SELECT DISTINCT owner FROM inbox WHERE owner IS NOT NULL "
+                "UNION SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
+            )
+        }
+        dead = [owner for owner in owners if owner != self.owner and not owner_alive(owner)]
+        if not dead:
+            return (0, 0)
+        with self._write() as con:
+            inbox = outbox = 0
+            for owner in dead:
+                inbox += con.execute("UPDATE inbox SET owner = NULL WHERE owner = ?", (owner,)).rowcount
+                outbox += con.execute("UPDATE outbox SET owner = NULL WHERE owner = ?", (owner,)).rowcount
+        log.warning("recovered %d messages and %d replies left by stopped processes %s", inbox, outbox, dead)
+        return (inbox, outbox)
+
+    def purge_seen(self, batch: int = 10_000) -> int:
+        """Forget dedup keys past their window (in batches, to keep write locks short)."""
+        with self._write() as con:
+            return con.execute(
+                "DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE expires_at < ? LIMIT ?)",
+                (time.time(), batch),
+            ).rowcount
+
+    def depth(self) -> Depth:
+        con = self._connection()
+        inbox, running = con.execute("SELECT count(*), count(owner) FROM inbox").fetchone()
+        outbox, waiting = con.execute("SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM outbox").fetchone()
+        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        return Depth(inbox, running, outbox, waiting, dead)
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        con = self._connection()
+        con.row_factory = sqlite3.Row
+        try:
+            rows = con.execute("SELECT * FROM dead_letters ORDER BY id DESC LIMIT ?", (limit,)).fetchall()
+        finally:
+            con.row_factory = None
+        return [dict(row) for row in rows]
+
+    def requeue_dead_letter(self, letter_id: int) -> bool:
+        """Put a dead reply back in the outbox (after fixing its cause); True if it existed."""
+        with self._write() as con:
+            row = con.execute(
+                "DELETE FROM dead_letters WHERE id = ? AND kind = 'reply' "
+                "RETURNING conversation, message_id, path, body, failed_at",
+                (letter_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            con.execute(
+                "INSERT INTO outbox (conversation, message_id, path, body, accepted_at) VALUES (?, ?, ?, ?, ?)", row
+            )
+        return True
+
+    def _has(self, sql: str, *args: Any) -> bool:
+        return self._connection().execute(sql, args).fetchone() is not None

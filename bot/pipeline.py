@@ -1,0 +1,448 @@
+"""The embedded delivery pipeline: acknowledge at once, handle and send in the background.
+
+The request thread records the callback in the :class:`~bot.journal.Journal`
+and returns; nothing slow happens before the 200. Two pools of threads per
+process do the rest:
+
+* handler threads run the dispatcher for a message; its replies are
+  journaled in the outbox (``deliver``), then the message leaves the inbox;
+* sender threads post replies to CometChat, one attempt each. A failure that
+  may pass (429, 5xx, network) puts the reply back with a due time, so the
+  thread moves on to other conversations while that conversation's lane
+  waits; a final failure becomes a dead letter.
+
+Work is handed to the pools directly when a lane is free (the common case,
+no extra round trip); a claimer thread picks up everything else: messages
+whose lane was busy, retries coming due, rows of processes that died, rows
+of other processes on the host. Per-conversation order holds across
+processes because every claim goes through the journal's lane rule.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import logging
+import os
+import queue
+import threading
+import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import ClassVar, Generic, TypeVar
+
+from .client import RetryPolicy, Sender
+from .dispatch import Dispatcher
+from .errors import CometChatError
+from .journal import InboxItem, Journal, OutboxItem
+from .message import Message
+from .replies import SendRequest
+from .routing import Router
+from .schemas import parse_callback
+
+log = logging.getLogger(__name__)
+
+#: A message whose handler was claimed this often without finishing (its process died each time) is dead-lettered.
+MAX_HANDLER_ATTEMPTS = 3
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    handler_threads: int = 16
+    sender_threads: int = 64
+    poll_interval: float = 0.2  # how often the claimer looks for work it was not told about
+    recover_interval: float = 2.0
+    purge_interval: float = 60.0
+    stats_interval: float = 30.0
+    drain_timeout: float = 8.0
+
+
+class Pipeline:
+    #: Every pipeline started in this process (tests stop them between tests).
+    instances: ClassVar[weakref.WeakSet[Pipeline]] = weakref.WeakSet()
+
+    def __init__(
+        self,
+        journal: Journal,
+        router: Router,
+        sender: Sender,
+        *,
+        bot_uid: str = "",
+        retry: RetryPolicy | None = None,
+        options: PipelineOptions | None = None,
+    ) -> None:
+        self.journal = journal
+        self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
+        self.sender = sender
+        self.retry = retry or RetryPolicy()
+        self.options = options or PipelineOptions()
+        self.bot_uid = bot_uid
+        self.stats = _Stats()
+        self._pid: int | None = None
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._wake = threading.Event()
+        self._stopping = False
+        self._busy_handlers = 0
+        self._busy_senders = 0
+        self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
+        self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
+        self._current = threading.local()  # the inbox item a handler thread is working on
+
+    # ------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Start this process's claimer (again after a fork: threads do not survive one)."""
+        with self._lock:
+            if self._pid == os.getpid() and not self._stopping:
+                return
+            self._pid = os.getpid()
+            self._stopping = False
+            self._busy_handlers = self._busy_senders = 0
+            self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
+            self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
+            threading.Thread(target=self._claim_loop, name="bot-claimer", daemon=True).start()
+        Pipeline.instances.add(self)
+        self.journal.recover()
+        self._wake.set()
+        atexit.register(self.stop)
+
+    def stop(self, timeout: float | None = None) -> bool:
+        """Stop taking work, let running work finish for up to ``timeout`` s, give the rest back to the journal.
+
+        Returns True when nothing was left running. Rows still running at the
+        deadline stay claimed by this process; they are recovered once it exits.
+        """
+        timeout = self.options.drain_timeout if timeout is None else timeout
+        with self._lock:
+            if self._pid != os.getpid() or self._stopping:
+                return True
+            self._stopping = True
+            deadline = time.monotonic() + timeout
+            while self._busy_handlers + self._busy_senders and time.monotonic() < deadline:
+                # Unstarted work goes back to the journal at once; only running work is waited for.
+                self._lock.release()
+                try:
+                    self._give_back_unstarted()
+                finally:
+                    self._lock.acquire()
+                self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
+            drained = self._busy_handlers + self._busy_senders == 0
+        self._give_back_unstarted()
+        self._handlers.close()
+        self._senders.close()
+        self._wake.set()
+        atexit.unregister(self.stop)
+        Pipeline.instances.discard(self)
+        if not drained:
+            log.warning("stopped with work still running; the journal keeps it for the next start")
+        return drained
+
+    def _give_back_unstarted(self) -> None:
+        inbox = [item for item, _ in self._handlers.take_queued()]
+        outbox = self._senders.take_queued()
+        if inbox or outbox:
+            self.journal.release(inbox, outbox)
+            self._release_handler_slot(len(inbox))
+            self._release_sender_slot(len(outbox))
+
+    # ------------------------------------------------------------ intake (request thread)
+
+    def submit(self, msg: Message, body: bytes) -> str:
+        """Journal an accepted callback; returns "accepted" or "duplicate". Handling happens later."""
+        if self._pid != os.getpid():
+            self.start()
+        claim = self._reserve("handler")
+        try:
+            result = self.journal.accept(msg.bot_uid, msg.conversation_id, msg.id, body, claim=claim)
+        except BaseException:
+            self._release_handler_slot(int(claim))
+            raise
+        if isinstance(result, InboxItem):
+            self._handlers.put((result, msg))
+            return "accepted"
+        self._release_handler_slot(int(claim))
+        if result is False:
+            self.stats.count("duplicate")
+            return "duplicate"
+        return "accepted"
+
+    def _reserve(self, kind: str) -> bool:
+        """Take a free handler or sender slot, if there is one (before the journal says whether the lane is free)."""
+        with self._lock:
+            if self._stopping:
+                return False
+            if kind == "handler" and self._busy_handlers < self.options.handler_threads:
+                self._busy_handlers += 1
+                return True
+            if kind == "sender" and self._busy_senders < self.options.sender_threads:
+                self._busy_senders += 1
+                return True
+            return False
+
+    # ------------------------------------------------------------ handlers
+
+    def _handler_work(self, entry: tuple[InboxItem, Message | None]) -> None:
+        item: InboxItem | None
+        item, msg = entry
+        try:
+            while item is not None:  # a finished message hands its lane's next one to this thread
+                item = self._handle(item, msg)
+                msg = None
+        except Exception:
+            log.exception("handler thread: journal error; the message stays in the journal")
+        finally:
+            self._release_handler_slot()
+
+    def _handle(self, item: InboxItem, msg: Message | None) -> InboxItem | None:
+        if item.attempts > MAX_HANDLER_ATTEMPTS:
+            log.error(
+                "message %s in %s: its handler stopped the process %d times; dead-lettered",
+                item.message_id, item.conversation, item.attempts - 1,
+            )  # fmt: skip
+            return self.journal.dead_letter_message(item, f"claimed {item.attempts} times without finishing")
+        if msg is None:
+            msg = parse_callback(json.loads(item.body), bot_uid=self.bot_uid).message
+        if msg is not None:
+            self._current.item = item
+            try:
+                outcome = self.dispatcher.handle(msg)
+            finally:
+                self._current.item = None
+            self.stats.count(outcome.status)
+            log.info(
+                "message %s in %s: %s by %s, %d replies queued, handled in %.1f ms",
+                outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",
+                outcome.sent, outcome.seconds * 1000,
+            )  # fmt: skip
+        return self.journal.finish_inbox(item)
+
+    def deliver(self, request: SendRequest) -> None:
+        """The dispatcher's ``deliver``: journal a reply; send it at once when its lane and a sender are free."""
+        item: InboxItem | None = getattr(self._current, "item", None)
+        accepted_at = item.accepted_at if item else time.time()
+        claim = self._reserve("sender")
+        try:
+            result = self.journal.add_reply(request, accepted_at=accepted_at, claim=claim)
+        except BaseException:
+            self._release_sender_slot(int(claim))
+            raise
+        if isinstance(result, OutboxItem):
+            self._senders.put(result)
+            return
+        self._release_sender_slot(int(claim))
+        self._wake.set()  # the lane (or the rate limit) is busy: the claimer takes the reply later
+
+    # ------------------------------------------------------------ senders
+
+    def _sender_work(self, item: OutboxItem | None) -> None:
+        try:
+            while item is not None:  # a delivered reply hands its lane's next one to this thread
+                item = self._send(item)
+        except Exception:
+            log.exception("sender thread: journal error; the reply stays in the journal")
+        finally:
+            self._release_sender_slot()
+
+    def _send(self, item: OutboxItem) -> OutboxItem | None:
+        try:
+            self.sender.attempt(item.request)
+        except CometChatError as error:
+            wait = self.retry.delay(item.attempts, error)
+            if wait is None:
+                self.stats.count("dead_letter")
+                log.error(
+                    "message %s in %s: reply %s failed for good after %d attempts: %s; kept as a dead letter",
+                    item.message_id, item.conversation, item.request.muid, item.attempts + 1, error,
+                )  # fmt: skip
+                return self.journal.dead_letter_reply(item, error.code, str(error))
+            self.stats.count("retry")
+            log.warning(
+                "message %s in %s: reply attempt %d failed (%s); retrying in %.2f s",
+                item.message_id, item.conversation, item.attempts + 1, error.code, wait,
+            )  # fmt: skip
+            self.journal.retry_reply(item, time.time() + wait)
+            self._wake.set()
+            return None
+        self.stats.sent(time.time() - item.accepted_at)
+        return self.journal.finish_reply(item)
+
+    # ------------------------------------------------------------ claimer
+
+    def _claim_loop(self) -> None:
+        last_recover = last_purge = last_stats = time.monotonic()
+        while not self._stopping:
+            self._wake.wait(self._sleep_time())
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                self._claim()
+                now = time.monotonic()
+                if now - last_recover >= self.options.recover_interval:
+                    last_recover = now
+                    if any(self.journal.recover()):
+                        self._wake.set()
+                if now - last_purge >= self.options.purge_interval:
+                    last_purge = now
+                    self.journal.purge_seen()
+                if now - last_stats >= self.options.stats_interval:
+                    last_stats = now
+                    self._log_stats()
+            except Exception:
+                log.exception("claimer: journal error")
+
+    def _sleep_time(self) -> float:
+        wait = self.options.poll_interval
+        due = self.journal.next_due()
+        if due is not None:
+            wait = min(wait, max(0.0, due - time.time()))
+        return max(wait, self.journal.next_token_in(), 0.005)
+
+    def _claim(self) -> None:
+        free = self._reserve_all("handler")
+        items = self.journal.claim_inbox(free) if free else []
+        self._release_handler_slot(free - len(items))
+        for item in items:
+            self._handlers.put((item, None))
+        free = self._reserve_all("sender")
+        replies = self.journal.claim_replies(free) if free else []
+        self._release_sender_slot(free - len(replies))
+        for reply in replies:
+            self._senders.put(reply)
+
+    def _reserve_all(self, kind: str) -> int:
+        with self._lock:
+            if self._stopping:
+                return 0
+            if kind == "handler":
+                free = self.options.handler_threads - self._busy_handlers
+                self._busy_handlers += free
+            else:
+                free = self.options.sender_threads - self._busy_senders
+                self._busy_senders += free
+            return free
+
+    def _release_handler_slot(self, n: int = 1) -> None:
+        if n > 0:
+            with self._lock:
+                self._busy_handlers -= n
+                self._idle.notify_all()
+            self._wake.set()
+
+    def _release_sender_slot(self, n: int = 1) -> None:
+        if n > 0:
+            with self._lock:
+                self._busy_senders -= n
+                self._idle.notify_all()
+            self._wake.set()
+
+    # ------------------------------------------------------------ observing
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until the journal holds no message or reply (True), or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            depth = self.journal.depth()
+            if depth.inbox == 0 and depth.outbox == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            self._wake.set()
+            with self._lock:
+                self._idle.wait(0.02)
+
+    def _log_stats(self) -> None:
+        depth = self.journal.depth()
+        stats = self.stats.snapshot()
+        if not (depth.inbox or depth.outbox or stats["sent"]):
+            return
+        log.info(
+            "pipeline: inbox %d (%d running), outbox %d (%d retrying), dead letters %d; since last: %d sent, "
+            "delivery p50 %.0f ms p99 %.0f ms",
+            depth.inbox, depth.inbox_running, depth.outbox, depth.outbox_waiting_retry, depth.dead_letters,
+            stats["sent"], stats["p50_ms"], stats["p99_ms"],
+        )  # fmt: skip
+
+
+class _Stats:
+    """Counters for the periodic log line: outcomes, duplicates, retries, dead letters, delivery latency."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts: dict[str, int] = {}
+        self._latencies: deque[float] = deque(maxlen=4096)
+        self._sent = 0
+
+    def count(self, what: str) -> None:
+        with self._lock:
+            self.counts[what] = self.counts.get(what, 0) + 1
+
+    def sent(self, latency: float) -> None:
+        with self._lock:
+            self._sent += 1
+            self._latencies.append(latency)
+
+    def snapshot(self) -> dict[str, float]:
+        """Replies sent and delivery latency percentiles since the last snapshot."""
+        with self._lock:
+            latencies = sorted(self._latencies)
+            sent = self._sent
+            self._latencies.clear()
+            self._sent = 0
+
+        def pct(p: float) -> float:
+            return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
+
+        return {"sent": sent, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+
+
+T = TypeVar("T")
+
+
+class _Pool(Generic[T]):
+    """Up to ``size`` daemon threads running ``work(item)``; threads are started only when work waits for one."""
+
+    def __init__(self, name: str, size: int, work: Callable[[T], None]) -> None:
+        self.name, self.size, self._work = name, size, work
+        self._queue: queue.SimpleQueue[T | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._idle = 0
+
+    def put(self, item: T) -> None:
+        self._queue.put(item)
+        with self._lock:
+            if self._idle == 0 and len(self._threads) < self.size:
+                thread = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
+                self._threads.append(thread)
+                thread.start()
+
+    def take_queued(self) -> list[T]:
+        """Remove and return the items no thread has started yet."""
+        items: list[T] = []
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                return items
+            if item is not None:
+                items.append(item)
+
+    def close(self) -> None:
+        with self._lock:
+            for _ in self._threads:
+                self._queue.put(None)
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                self._idle += 1
+            item = self._queue.get()
+            with self._lock:
+                self._idle -= 1
+            if item is None:
+                return
+            self._work(item)
