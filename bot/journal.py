@@ -398,8 +398,15 @@ class Journal:
             return self._claim_next_reply(con, item.conversation)
 
     def next_due(self) -> float | None:
-        """When the earliest waiting reply becomes due (None if none waits)."""
-        row = self._connection().execute("SELECT min(not_before) FROM outbox WHERE owner IS NULL").fetchone()
+        """When the earliest waiting reply that heads its lane becomes due (None if none waits).
+
+        Replies queued behind another reply of their conversation do not count:
+        they cannot go before it, however due they are.
+        """
+        row = self._connection().execute(
+            "SELECT min(not_before) FROM outbox AS o WHERE owner IS NULL AND NOT EXISTS"
+            " (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
+        ).fetchone()
         return row[0]
 
     def _claim_next_reply(self, con: sqlite3.Connection, conversation: str) -> OutboxItem | None:

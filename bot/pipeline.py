@@ -122,15 +122,15 @@ class Pipeline:
             self._stopping = True
             deadline = time.monotonic() + timeout
             while self._busy_handlers + self._busy_senders and time.monotonic() < deadline:
-                # Unstarted work goes back to the journal at once; only running work is waited for.
+                # Messages no handler has started go back to the journal at once; queued replies are still sent.
                 self._lock.release()
                 try:
-                    self._give_back_unstarted()
+                    self._give_back_unstarted(replies=False)
                 finally:
                     self._lock.acquire()
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
             drained = self._busy_handlers + self._busy_senders == 0
-        self._give_back_unstarted()
+        self._give_back_unstarted(replies=True)
         self._handlers.close()
         self._senders.close()
         self._wake.set()
@@ -140,9 +140,9 @@ class Pipeline:
             log.warning("stopped with work still running; the journal keeps it for the next start")
         return drained
 
-    def _give_back_unstarted(self) -> None:
+    def _give_back_unstarted(self, *, replies: bool) -> None:
         inbox = [item for item, _ in self._handlers.take_queued()]
-        outbox = self._senders.take_queued()
+        outbox = self._senders.take_queued() if replies else []
         if inbox or outbox:
             self.journal.release(inbox, outbox)
             self._release_handler_slot(len(inbox))
@@ -170,9 +170,13 @@ class Pipeline:
         return "accepted"
 
     def _reserve(self, kind: str) -> bool:
-        """Take a free handler or sender slot, if there is one (before the journal says whether the lane is free)."""
+        """Take a free handler or sender slot, if there is one (before the journal says whether the lane is free).
+
+        While stopping, no new message is taken, but the replies of handlers
+        still running are: draining means finishing what was started.
+        """
         with self._lock:
-            if self._stopping:
+            if kind == "handler" and self._stopping:
                 return False
             if kind == "handler" and self._busy_handlers < self.options.handler_threads:
                 self._busy_handlers += 1
@@ -191,6 +195,9 @@ class Pipeline:
             while item is not None:  # a finished message hands its lane's next one to this thread
                 item = self._handle(item, msg)
                 msg = None
+                if item is not None and self._stopping:
+                    self.journal.release([item])  # not started: the next start (or another process) takes it
+                    item = None
         except Exception:
             log.exception("handler thread: journal error; the message stays in the journal")
         finally:
@@ -295,11 +302,20 @@ class Pipeline:
                 log.exception("claimer: journal error")
 
     def _sleep_time(self) -> float:
+        """Until the next retry comes due or the rate limit frees a token; at most ``poll_interval``.
+
+        Replies already due but not claimed are waiting for a free sender,
+        whose release wakes the claimer anyway.
+        """
         wait = self.options.poll_interval
         due = self.journal.next_due()
         if due is not None:
-            wait = min(wait, max(0.0, due - time.time()))
-        return max(wait, self.journal.next_token_in(), 0.005)
+            until = due - time.time()
+            if until > 0:
+                wait = min(wait, until)
+            elif self.journal.rate_limit is not None:
+                wait = min(wait, self.journal.next_token_in())
+        return max(wait, 0.005)
 
     def _claim(self) -> None:
         free = self._reserve_all("handler")

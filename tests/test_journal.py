@@ -1,0 +1,247 @@
+"""The journal's rules, without threads: dedup, lanes, retries, dead letters, recovery, rate limit."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from bot.errors import ConfigError
+from bot.journal import InboxItem, Journal, OutboxItem, RateLimit, owner_alive, process_owner
+from bot.replies import SendRequest
+
+
+@pytest.fixture
+def journal(tmp_path) -> Journal:
+    j = Journal(tmp_path / "journal.sqlite3")
+    yield j
+    j.close()
+
+
+def other_process(journal: Journal, owner: str) -> Journal:
+    """The same journal file as another process sees it (its own owner id)."""
+    other = Journal(journal.path)
+    other.owner = owner
+    return other
+
+
+def accept(journal: Journal, message_id: str, conversation: str = "c1", *, claim: bool = True, bot: str = "bot"):
+    return journal.accept(bot, conversation, message_id, json.dumps({"id": message_id}).encode(), claim=claim)
+
+
+def reply(message_id: str, conversation: str = "c1", seq: int = 0) -> SendRequest:
+    body = {"receiver": "alice", "receiverType": "user", "category": "message", "type": "text"}
+    body |= {"data": {"text": f"re {message_id}"}, "muid": f"{message_id}-{seq}"}
+    return SendRequest("/bots/bot/messages", body, message_id, conversation)
+
+
+# ------------------------------------------------------------------ inbox
+
+
+def test_accept_claims_a_message_whose_lane_is_free(journal):
+    item = accept(journal, "1")
+    assert isinstance(item, InboxItem)
+    assert (item.message_id, item.conversation, item.attempts) == ("1", "c1", 1)
+    assert journal.depth().inbox_running == 1
+
+
+def test_redelivered_message_is_a_duplicate_per_bot(journal):
+    assert isinstance(accept(journal, "1"), InboxItem)
+    assert accept(journal, "1") is False
+    assert accept(journal, "1", conversation="other") is False  # same id, same bot: still the same message
+    assert isinstance(accept(journal, "1", bot="another-bot", conversation="c9"), InboxItem)
+    assert journal.depth().inbox == 2
+
+
+def test_message_id_is_forgotten_after_the_dedup_window(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.05)
+    assert accept(journal, "1") is not False
+    time.sleep(0.06)  # the window is the behaviour under test, not a wait for another thread
+    assert accept(journal, "1", conversation="c2") is not False
+
+
+def test_a_second_message_waits_for_the_first_of_its_conversation(journal):
+    first = accept(journal, "1")
+    assert accept(journal, "2") is True  # accepted, but not claimable yet
+    assert accept(journal, "3", conversation="c2") is not True  # other conversations are not held up
+    assert journal.claim_inbox(10) == []
+    following = journal.finish_inbox(first)
+    assert following is not None and following.message_id == "2"
+    assert journal.finish_inbox(following) is None
+
+
+def test_claim_takes_lane_heads_oldest_first(journal):
+    for message_id, conversation in [("1", "a"), ("2", "a"), ("3", "b"), ("4", "c"), ("5", "b")]:
+        accept(journal, message_id, conversation, claim=False)
+    claimed = journal.claim_inbox(10)
+    assert [item.message_id for item in claimed] == ["1", "3", "4"]
+    assert journal.claim_inbox(10) == []  # the rest wait behind running messages
+    assert [item.message_id for item in journal.claim_inbox(1)] == []
+
+
+def test_claim_respects_the_limit(journal):
+    for i in range(5):
+        accept(journal, str(i), f"c{i}", claim=False)
+    assert len(journal.claim_inbox(2)) == 2
+    assert len(journal.claim_inbox(10)) == 3
+
+
+def test_lanes_hold_across_processes(journal):
+    """A message accepted by one process waits while another process handles its conversation's earlier one."""
+    other = other_process(journal, owner="host:1:1")
+    running_elsewhere = accept(other, "1")
+    assert isinstance(running_elsewhere, InboxItem)
+    assert accept(journal, "2") is True
+    assert journal.claim_inbox(10) == []
+    handed_on = other.finish_inbox(running_elsewhere)  # the other process finishes and takes the next one
+    assert handed_on is not None and handed_on.message_id == "2"
+
+
+def test_handler_crash_dead_letter(journal):
+    item = accept(journal, "1")
+    accept(journal, "2")
+    following = journal.dead_letter_message(item, "claimed 4 times without finishing")
+    assert following is not None and following.message_id == "2"
+    [letter] = journal.dead_letters()
+    assert (letter["kind"], letter["message_id"], letter["error_code"]) == ("message", "1", "HANDLER_CRASHED")
+
+
+# ------------------------------------------------------------------ outbox
+
+
+def test_reply_is_claimed_when_its_lane_is_free_and_waits_otherwise(journal):
+    first = journal.add_reply(reply("1", seq=0), accepted_at=time.time(), claim=True)
+    assert isinstance(first, OutboxItem)
+    assert first.request.body["muid"] == "1-0"
+    assert journal.add_reply(reply("1", seq=1), accepted_at=time.time(), claim=True) is True
+    assert journal.claim_replies(10) == []
+    following = journal.finish_reply(first)
+    assert following is not None and following.request.muid == "1-1"
+
+
+def test_a_reply_is_queued_once_per_muid(journal):
+    assert journal.add_reply(reply("1"), accepted_at=0, claim=False) is True
+    assert journal.add_reply(reply("1"), accepted_at=0, claim=False) is False
+    assert journal.depth().outbox == 1
+
+
+def test_retry_holds_the_lane_until_due(journal):
+    first = journal.add_reply(reply("1", seq=0), accepted_at=0, claim=True)
+    journal.add_reply(reply("1", seq=1), accepted_at=0, claim=False)
+    journal.add_reply(reply("9", conversation="c2"), accepted_at=0, claim=False)
+    journal.retry_reply(first, time.time() + 60)
+    claimed = journal.claim_replies(10)
+    assert [item.request.muid for item in claimed] == ["9-0"]  # c1 waits behind its failed reply; c2 goes on
+    assert journal.next_due() == pytest.approx(time.time() + 60, abs=5)
+    journal.retry_reply(first, time.time() - 1)  # now due
+    [again] = journal.claim_replies(10)
+    assert (again.request.muid, again.attempts) == ("1-0", 2)
+
+
+def test_dead_letter_reply_keeps_the_request_and_hands_on(journal):
+    first = journal.add_reply(reply("1", seq=0), accepted_at=0, claim=True)
+    journal.add_reply(reply("1", seq=1), accepted_at=0, claim=False)
+    following = journal.dead_letter_reply(first, "ERR_UID_NOT_FOUND", "NotFound: no such user")
+    assert following is not None and following.request.muid == "1-1"
+    [letter] = journal.dead_letters()
+    assert (letter["kind"], letter["error_code"], letter["attempts"]) == ("reply", "ERR_UID_NOT_FOUND", 1)
+    assert json.loads(letter["body"])["muid"] == "1-0"
+    assert journal.depth().dead_letters == 1
+
+
+def test_requeue_dead_letter(journal):
+    first = journal.add_reply(reply("1"), accepted_at=0, claim=True)
+    journal.dead_letter_reply(first, "ERR_NOT_A_MEMBER", "Forbidden")
+    [letter] = journal.dead_letters()
+    assert journal.requeue_dead_letter(letter["id"]) is True
+    assert journal.requeue_dead_letter(letter["id"]) is False
+    [item] = journal.claim_replies(5)
+    assert item.request.muid == "1-0"
+    assert journal.dead_letters() == []
+
+
+# ------------------------------------------------------------------ recovery
+
+
+def test_recover_releases_rows_of_dead_processes_only(journal):
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_owner = f"{process_owner().split(':')[0]}:{int(dead.stdout)}:1"
+    crashed = other_process(journal, dead_owner)
+    accept(crashed, "1", "c1")
+    crashed.add_reply(reply("0", conversation="c3"), accepted_at=0, claim=True)
+    accept(journal, "2", "c2")  # ours, alive
+    assert journal.recover() == (1, 1)
+    assert [item.message_id for item in journal.claim_inbox(10)] == ["1"]
+    assert [item.request.muid for item in journal.claim_replies(10)] == ["0-0"]
+
+
+def test_owner_alive():
+    assert owner_alive(process_owner())
+    host = process_owner().split(":")[0]
+    assert not owner_alive(f"{host}:999999999:1")
+    pid_reused = process_owner().rsplit(":", 1)[0] + ":123"  # our pid, another start time
+    assert not owner_alive(pid_reused)
+
+
+def test_release_gives_claimed_rows_back(journal):
+    item = accept(journal, "1")
+    sent = journal.add_reply(reply("1"), accepted_at=0, claim=True)
+    journal.release([item], [sent])
+    assert journal.depth().inbox_running == 0
+    assert [i.message_id for i in journal.claim_inbox(5)] == ["1"]
+    assert len(journal.claim_replies(5)) == 1
+
+
+def test_purge_forgets_expired_keys_only(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.0)
+    accept(journal, "1")
+    assert journal.purge_seen() == 1
+    long = Journal(tmp_path / "k.sqlite3", dedup_ttl=3600)
+    accept(long, "1")
+    assert long.purge_seen() == 0
+
+
+def test_journal_survives_reopening(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    first = Journal(path)
+    accept(first, "1", claim=False)
+    first.close()
+    again = Journal(path)
+    assert [item.message_id for item in again.claim_inbox(5)] == ["1"]
+    assert accept(again, "1") is False
+
+
+# ------------------------------------------------------------------ rate limit
+
+
+@pytest.mark.parametrize(
+    ("text", "count", "seconds"),
+    [("500/min", 500, 60), ("20/s", 20, 1), ("1000 / hour", 1000, 3600), ("5/MINUTE", 5, 60)],
+)
+def test_rate_limit_parse(text, count, seconds):
+    assert RateLimit.parse(text) == RateLimit(count, seconds)
+
+
+@pytest.mark.parametrize("text", ["500", "a/min", "10/fortnight", "0/s", "-1/s"])
+def test_rate_limit_parse_rejects(text):
+    with pytest.raises(ConfigError, match="COMETCHAT_RATE_LIMIT"):
+        RateLimit.parse(text)
+
+
+def test_rate_limit_paces_claims(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(2, 1))  # 2/s, burst 2
+    for i in range(5):
+        journal.add_reply(reply(str(i), conversation=f"c{i}"), accepted_at=0, claim=False)
+    assert len(journal.claim_replies(10)) == 2
+    assert journal.claim_replies(10) == []
+    assert 0 < journal.next_token_in() <= 0.5
+    # A fresh reply is not claimed at once either while the bucket is empty.
+    assert journal.add_reply(reply("x", conversation="cx"), accepted_at=0, claim=True) is True
+
+
+def test_synchronous_setting_is_checked(tmp_path):
+    with pytest.raises(ConfigError, match="JOURNAL_SYNC"):
+        Journal(tmp_path / "j.sqlite3", synchronous="sometimes")

@@ -1,0 +1,311 @@
+"""The delivery pipeline with its threads: order per conversation, concurrency, retries, dead letters, drain."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import defaultdict
+
+import pytest
+
+from bot import Router
+from bot.client import RetryPolicy
+from bot.errors import NotFound, RateLimited, ServerError
+from bot.journal import Journal
+from bot.pipeline import Pipeline, PipelineOptions
+from bot.replies import SendRequest
+from bot.schemas import parse_callback
+from bot.testing import make_callback
+
+
+class ScriptedSender:
+    """Stands in for CometChat at the HTTP boundary: records every attempt, fails the ones it is told to."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.attempts: list[SendRequest] = []
+        self.delivered: list[SendRequest] = []
+        self.failures: dict[str, list[Exception]] = defaultdict(list)  # text -> errors to raise, in order
+
+    def fail(self, text: str, *errors: Exception) -> None:
+        self.failures[text].extend(errors)
+
+    def attempt(self, request: SendRequest) -> dict:
+        text = request.body["data"].get("text", "")
+        with self.lock:
+            self.attempts.append(request)
+            if self.failures.get(text):
+                raise self.failures[text].pop(0)
+            self.delivered.append(request)
+        return {"id": str(len(self.delivered))}
+
+    def texts(self, conversation: str | None = None) -> list[str]:
+        with self.lock:
+            return [
+                r.body["data"]["text"]
+                for r in self.delivered
+                if conversation is None or r.conversation_id == conversation
+            ]
+
+
+def make_pipeline(tmp_path, router: Router, sender: ScriptedSender, **options) -> Pipeline:
+    retry = RetryPolicy(max_retries=options.pop("max_retries", 3), base_delay=0.01, max_delay=0.05)
+    pipeline = Pipeline(
+        Journal(tmp_path / "journal.sqlite3"),
+        router,
+        sender,
+        bot_uid="bot",
+        retry=retry,
+        options=PipelineOptions(poll_interval=0.05, **options),
+    )
+    pipeline.start()
+    return pipeline
+
+
+def submit(pipeline: Pipeline, text: str, sender: str = "alice", **kwargs) -> str:
+    body = make_callback(text, sender=sender, **kwargs)
+    message = parse_callback(body).message
+    return pipeline.submit(message, json.dumps(body).encode())
+
+
+@pytest.fixture
+def sender() -> ScriptedSender:
+    return ScriptedSender()
+
+
+@pytest.fixture
+def echo() -> Router:
+    router = Router()
+
+    @router.fallback
+    def echo_handler(msg):
+        return f"echo {msg.text}"
+
+    return router
+
+
+def test_submit_answers_before_the_handler_runs(tmp_path, sender):
+    router, release = Router(), threading.Event()
+
+    @router.fallback
+    def slow(msg):
+        release.wait(5)
+        return "done"
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    assert submit(pipeline, "hi") == "accepted"  # returns while the handler is blocked
+    assert sender.texts() == []
+    release.set()
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["done"]
+
+
+def test_replies_keep_the_order_of_each_conversation(tmp_path, sender):
+    router = Router()
+
+    @router.fallback
+    def numbered(msg):
+        n = int(msg.text.split()[-1])
+        time.sleep(0.001 * (n % 3))  # uneven handler times must not reorder a conversation
+        return [f"{msg.text} a", f"{msg.text} b"]
+
+    pipeline = make_pipeline(tmp_path, router, sender, handler_threads=4, sender_threads=4)
+    users = ["u1", "u2", "u3"]
+    for n in range(20):
+        for user in users:
+            assert submit(pipeline, f"{user} {n}", sender=user) == "accepted"
+    assert pipeline.wait_idle(15)
+    for user in users:
+        expected = [f"{user} {n} {part}" for n in range(20) for part in "ab"]
+        assert sender.texts(f"{user}_user_bot") == expected
+
+
+def test_conversations_are_handled_concurrently(tmp_path, sender):
+    router, both_running = Router(), threading.Barrier(2, timeout=5)
+
+    @router.fallback
+    def meet(msg):
+        both_running.wait()  # breaks (BrokenBarrierError) unless two handlers run at the same time
+        return "met"
+
+    pipeline = make_pipeline(tmp_path, router, sender, handler_threads=2)
+    submit(pipeline, "x", sender="alice")
+    submit(pipeline, "y", sender="bob")
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["met", "met"]
+
+
+def test_one_conversation_is_never_handled_twice_at_once(tmp_path, sender):
+    router, lock, overlaps = Router(), threading.Lock(), []
+
+    @router.fallback
+    def exclusive(msg):
+        if not lock.acquire(blocking=False):
+            overlaps.append(msg.text)
+            return None
+        try:
+            time.sleep(0.005)
+        finally:
+            lock.release()
+        return msg.text
+
+    pipeline = make_pipeline(tmp_path, router, sender, handler_threads=8)
+    for n in range(10):
+        submit(pipeline, str(n))
+    assert pipeline.wait_idle(10)
+    assert overlaps == []
+    assert sender.texts() == [str(n) for n in range(10)]
+
+
+def test_redelivered_callback_is_handled_once(tmp_path, sender, echo):
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    body = make_callback("hello", id="777")
+    message = parse_callback(body).message
+    raw = json.dumps(body).encode()
+    assert pipeline.submit(message, raw) == "accepted"
+    assert pipeline.submit(message, raw) == "duplicate"
+    assert pipeline.wait_idle(5)
+    assert pipeline.submit(message, raw) == "duplicate"  # also after it was handled
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["echo hello"]
+
+
+def test_a_retry_does_not_hold_up_other_conversations(tmp_path, sender, echo):
+    sender.fail("echo slow", RateLimited("slow down", status=429, code="ERR_TOO_MANY_REQUESTS", retry_after=0.4))
+    pipeline = make_pipeline(tmp_path, echo, sender, sender_threads=1, handler_threads=1)
+    submit(pipeline, "slow", sender="alice")
+    submit(pipeline, "slow 2", sender="alice")  # same conversation: must wait for the retried reply
+    submit(pipeline, "fast", sender="bob")
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["echo fast", "echo slow", "echo slow 2"]
+    retried = [r for r in sender.attempts if r.body["data"]["text"] == "echo slow"]
+    assert len(retried) == 2 and retried[0].muid == retried[1].muid  # same muid on the retry
+
+
+def test_server_errors_are_retried_then_delivered_once(tmp_path, sender, echo):
+    sender.fail("echo hi", ServerError("boom", status=500), ServerError("boom", status=503))
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "hi")
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["echo hi"]
+    assert len(sender.attempts) == 3
+
+
+def test_final_failures_become_dead_letters(tmp_path, sender, echo, caplog):
+    sender.fail("echo gone", NotFound("The UID alice does not exist", status=404, code="ERR_UID_NOT_FOUND"))
+    sender.fail("echo flaky", *[ServerError("boom", status=500, code="ERR_MISSION_FAILED")] * 3)
+    pipeline = make_pipeline(tmp_path, echo, sender, max_retries=2)
+    submit(pipeline, "gone", sender="alice")
+    submit(pipeline, "flaky", sender="bob")
+    submit(pipeline, "after", sender="alice")  # the lane goes on after a dead letter
+    assert pipeline.wait_idle(10)
+    letters = {letter["error_code"]: letter for letter in pipeline.journal.dead_letters()}
+    assert set(letters) == {"ERR_UID_NOT_FOUND", "ERR_MISSION_FAILED"}
+    assert letters["ERR_UID_NOT_FOUND"]["attempts"] == 1  # a 404 is not retried
+    assert letters["ERR_MISSION_FAILED"]["attempts"] == 3
+    assert sender.texts() == ["echo after"]
+    assert "ERR_UID_NOT_FOUND" in caplog.text and "dead letter" in caplog.text
+
+
+def test_msg_reply_is_sent_before_the_handler_returns(tmp_path, sender):
+    router, sent_first = Router(), threading.Event()
+
+    @router.fallback
+    def thinking(msg):
+        msg.reply("working on it")
+        deadline = time.monotonic() + 5
+        while not sender.texts() and time.monotonic() < deadline:
+            time.sleep(0.005)
+        sent_first.set() if sender.texts() == ["working on it"] else None
+        return "done"
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    submit(pipeline, "question")
+    assert pipeline.wait_idle(10)
+    assert sent_first.is_set()
+    assert sender.texts() == ["working on it", "done"]
+
+
+def test_handler_rerun_after_a_crash_does_not_send_a_reply_twice(tmp_path, sender, echo):
+    """The reply's muid is remembered: running the same message's handler again queues nothing new."""
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    body = make_callback("once", id="4242")
+    message = parse_callback(body).message
+    pipeline.submit(message, json.dumps(body).encode())
+    assert pipeline.wait_idle(5)
+    pipeline.dispatcher.handle(message)  # what recovery does after a crash mid-handler
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["echo once"]
+
+
+def test_stop_drains_running_work(tmp_path, sender):
+    router, started = Router(), threading.Event()
+
+    @router.fallback
+    def slowish(msg):
+        started.set()
+        time.sleep(0.2)
+        return "finished"
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    submit(pipeline, "go")
+    assert started.wait(5)
+    assert pipeline.stop(timeout=5) is True
+    assert sender.texts() == ["finished"]
+    assert pipeline.journal.depth().inbox == 0
+
+
+def test_stop_leaves_unfinished_work_in_the_journal(tmp_path, sender):
+    router, started, release = Router(), threading.Event(), threading.Event()
+
+    @router.fallback
+    def stuck(msg):
+        started.set()
+        release.wait(10)
+        return "late"
+
+    pipeline = make_pipeline(tmp_path, router, sender, handler_threads=1)
+    submit(pipeline, "first", sender="alice")
+    assert started.wait(5)
+    submit(pipeline, "second", sender="bob")  # queued behind the busy handler thread
+    assert pipeline.stop(timeout=0.1) is False
+    depth = pipeline.journal.depth()
+    assert (depth.inbox, depth.inbox_running) == (2, 1)  # bob's message was given back, alice's still running
+    release.set()
+
+
+def test_accepted_messages_survive_a_restart(tmp_path, sender, echo):
+    """Messages in the journal when a pipeline starts are handled (the crash case is in test_crash.py)."""
+    journal = Journal(tmp_path / "journal.sqlite3")
+    for n in range(3):
+        body = make_callback(f"m{n}", sender="alice")
+        journal.accept("bot", "alice_user_bot", body["data"]["id"], json.dumps(body).encode(), claim=False)
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["echo m0", "echo m1", "echo m2"]
+
+
+def test_a_message_that_keeps_killing_its_process_is_dead_lettered(tmp_path, sender, echo):
+    journal = Journal(tmp_path / "journal.sqlite3")
+    body = make_callback("poison", sender="alice")
+    journal.accept("bot", "alice_user_bot", body["data"]["id"], json.dumps(body).encode(), claim=False)
+    journal.owner = "elsewhere:1:1"
+    for _ in range(3):  # three processes claimed it and died
+        assert journal.claim_inbox(1)
+        journal.release(journal.claim_inbox(0))
+        with journal._write() as con:
+            con.execute("UPDATE inbox SET owner = NULL")
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == []
+    [letter] = pipeline.journal.dead_letters()
+    assert (letter["kind"], letter["error_code"]) == ("message", "HANDLER_CRASHED")
+
+
+def test_pipeline_restarts_after_fork_on_first_use(tmp_path, sender, echo):
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    pipeline._pid = -1  # what a forked child sees: the threads belong to the parent
+    submit(pipeline, "after fork")
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["echo after fork"]
