@@ -84,7 +84,8 @@ class Pipeline:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._wake = threading.Event()
-        self._stopping = False
+        self._stopping = False  # no new messages are taken; replies still are (the drain)
+        self._closed = False  # the claimer has stopped
         self._busy_handlers = 0
         self._busy_senders = 0
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
@@ -99,7 +100,7 @@ class Pipeline:
             if self._pid == os.getpid() and not self._stopping:
                 return
             self._pid = os.getpid()
-            self._stopping = False
+            self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = 0
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
@@ -120,16 +121,21 @@ class Pipeline:
             if self._pid != os.getpid() or self._stopping:
                 return True
             self._stopping = True
-            deadline = time.monotonic() + timeout
-            while self._busy_handlers + self._busy_senders and time.monotonic() < deadline:
-                # Messages no handler has started go back to the journal at once; queued replies are still sent.
-                self._lock.release()
-                try:
-                    self._give_back_unstarted(replies=False)
-                finally:
-                    self._lock.acquire()
+        self._wake.set()
+        deadline = time.monotonic() + timeout
+        wall_deadline = time.time() + timeout
+        while True:
+            # Messages no handler has started go back to the journal at once; replies keep being sent.
+            self._give_back_unstarted(replies=False)
+            with self._lock:
+                busy = self._busy_handlers + self._busy_senders
+            due = self.journal.next_due()
+            drained = busy == 0 and (due is None or due > wall_deadline)
+            if drained or time.monotonic() >= deadline:
+                break
+            with self._lock:
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
-            drained = self._busy_handlers + self._busy_senders == 0
+        self._closed = True
         self._give_back_unstarted(replies=True)
         self._handlers.close()
         self._senders.close()
@@ -176,7 +182,7 @@ class Pipeline:
         still running are: draining means finishing what was started.
         """
         with self._lock:
-            if kind == "handler" and self._stopping:
+            if self._closed or (kind == "handler" and self._stopping):
                 return False
             if kind == "handler" and self._busy_handlers < self.options.handler_threads:
                 self._busy_handlers += 1
@@ -280,10 +286,10 @@ class Pipeline:
 
     def _claim_loop(self) -> None:
         last_recover = last_purge = last_stats = time.monotonic()
-        while not self._stopping:
+        while not self._closed:
             self._wake.wait(self._sleep_time())
             self._wake.clear()
-            if self._stopping:
+            if self._closed:
                 return
             try:
                 self._claim()
@@ -331,7 +337,7 @@ class Pipeline:
 
     def _reserve_all(self, kind: str) -> int:
         with self._lock:
-            if self._stopping:
+            if self._closed or (kind == "handler" and self._stopping):
                 return 0
             if kind == "handler":
                 free = self.options.handler_threads - self._busy_handlers

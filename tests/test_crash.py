@@ -1,0 +1,182 @@
+"""Crash and shutdown of real gunicorn processes: nothing acknowledged is lost, nothing is sent twice.
+
+gunicorn runs the real app (the example bots) with two workers; a threaded
+fake of CometChat's API holds replies back until the test opens its gate,
+so the processes can be killed with replies still in flight.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import urllib3
+from conftest import API_KEY, BOT_UID, PASSWORD, USERNAME
+from pytest_httpserver import HTTPServer
+from werkzeug import Request, Response
+
+from bot.testing import make_callback
+from bots.weather import forecast
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+class GatedCometChat:
+    """Send Bot Message fake: requests wait at a gate; only those that arrive once it is open are delivered."""
+
+    def __init__(self) -> None:
+        self.server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+        self.gate = threading.Event()
+        self.lock = threading.Lock()
+        self.delivered: list[dict] = []
+        self.attempts = 0
+        self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
+
+    def handle(self, request: Request) -> Response:
+        with self.lock:
+            self.attempts += 1
+        arrived_open = self.gate.is_set()
+        self.gate.wait(30)
+        if not arrived_open:  # its client was killed meanwhile (or will treat it as failed): not a delivery
+            return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
+        assert request.headers["apikey"] == API_KEY
+        with self.lock:
+            self.delivered.append(request.get_json())
+        return Response('{"data": {"id": "1"}}', content_type="application/json")
+
+    def texts(self) -> list[str]:
+        with self.lock:
+            return [body["data"]["text"] for body in self.delivered]
+
+
+@pytest.fixture
+def fake() -> Iterator[GatedCometChat]:
+    fake = GatedCometChat()
+    fake.server.start()
+    yield fake
+    fake.gate.set()
+    fake.server.clear()
+    fake.server.stop()
+
+
+class Gunicorn:
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.log = log
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:0", "--graceful-timeout", "10",
+             "--log-level", "info", "app:create_app()"],
+            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
+        )  # fmt: skip
+        self.url = self._wait_listening()
+        self.http = urllib3.PoolManager()
+
+    def _wait_listening(self, timeout: float = 30) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            text = self.log.read_text(errors="replace")
+            found = re.findall(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
+            booted = len(re.findall(r"Booting worker", text))
+            if found and booted >= 2 * len(found):  # this start's workers are up
+                return found[-1]
+            if self.proc.poll() is not None:
+                raise AssertionError(f"gunicorn exited: {text[-2000:]}")
+            time.sleep(0.05)
+        raise AssertionError(f"gunicorn did not start: {self.log.read_text()[-2000:]}")
+
+    def post(self, body: dict) -> int:
+        token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+        response = self.http.request(
+            "POST", self.url + "/cometchat/callback", json=body, headers={"Authorization": f"Basic {token}"}, timeout=10
+        )
+        return response.status
+
+    def kill_all(self) -> None:
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def terminate(self, timeout: float = 20) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout)
+
+
+@pytest.fixture
+def env(fake, tmp_path) -> dict[str, str]:
+    return {
+        **os.environ,
+        "COMETCHAT_APP_ID": "25a8c0ffee",
+        "COMETCHAT_REGION": "eu",
+        "COMETCHAT_API_KEY": API_KEY,
+        "COMETCHAT_BOT_UID": BOT_UID,
+        "COMETCHAT_API_URL": fake.server.url_for("/v3"),
+        "CALLBACK_USERNAME": USERNAME,
+        "CALLBACK_PASSWORD": PASSWORD,
+        "JOURNAL_PATH": str(tmp_path / "journal.sqlite3"),
+        "COMETCHAT_TIMEOUT": "30",
+        "DRAIN_TIMEOUT": "8",
+        "PYTHONPATH": str(ROOT),
+    }
+
+
+def conversation_messages(n_users: int, per_user: int) -> list[tuple[str, dict, str]]:
+    """(user, callback, expected reply): each user asks for the weather in numbered cities, in order."""
+    out = []
+    for i in range(per_user):
+        for u in range(n_users):
+            city = f"City{u}x{i}"
+            out.append((f"user{u}", make_callback(f"/weather {city}", sender=f"user{u}", bot=BOT_UID), forecast(city)))
+    return out
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_kill_9_loses_nothing_and_sends_nothing_twice(fake, env, tmp_path):
+    messages = conversation_messages(n_users=4, per_user=5)
+    log = tmp_path / "gunicorn.log"
+    first = Gunicorn(env, log)
+    try:
+        assert [first.post(body) for _, body, _ in messages] == [200] * len(messages)
+        assert wait_for(lambda: fake.attempts >= 4, 20), "replies should be in flight when the processes die"
+    finally:
+        first.kill_all()  # master and both workers, mid-delivery
+
+    fake.gate.set()
+    second = Gunicorn(env, log)
+    try:
+        assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), log.read_text()[-3000:]
+    finally:
+        second.terminate()
+    texts = fake.texts()
+    assert sorted(texts) == sorted(expected for _, _, expected in messages)  # every one, none twice
+    for u in range(4):  # and each conversation in its order
+        mine = [t for t in texts if f"City{u}x" in t]
+        assert mine == [expected for user, _, expected in messages if user == f"user{u}"]
+    assert "recovered" in log.read_text()
+
+
+def test_sigterm_drains_in_flight_replies(fake, env, tmp_path):
+    messages = conversation_messages(n_users=3, per_user=2)
+    log = tmp_path / "gunicorn.log"
+    server = Gunicorn(env, log)
+    assert [server.post(body) for _, body, _ in messages] == [200] * len(messages)
+    assert wait_for(lambda: fake.attempts >= 3, 20)
+    # Their first attempts arrived while the gate was closed, so they fail (503) and are retried during the drain.
+    threading.Timer(0.3, fake.gate.set).start()
+    server.terminate(timeout=30)
+    assert sorted(fake.texts()) == sorted(expected for _, _, expected in messages)
