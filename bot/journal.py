@@ -403,11 +403,12 @@ class Journal:
         Replies queued behind another reply of their conversation do not count:
         they cannot go before it, however due they are.
         """
-        row = self._connection().execute(
+        con = self._connection()
+        sql = (
             "SELECT min(not_before) FROM outbox AS o WHERE owner IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
-        ).fetchone()
-        return row[0]
+        )
+        return con.execute(sql).fetchone()[0]
 
     def _claim_next_reply(self, con: sqlite3.Connection, conversation: str) -> OutboxItem | None:
         now = time.time()
