@@ -4,15 +4,22 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 PORT   ?= 5000
 
-.PHONY: run test install install-dev lint format clean
+.PHONY: run test install install-dev system-deps lint format clean
 
 run: install  ## install and start the bot locally (local mode without CometChat credentials)
 	$(BIN)/flask --app app run --port $(PORT)
 
-test: install-dev  ## install and run lint + the test suite
+test: install-dev system-deps  ## install and run lint + the test suite
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
+
+# Real services the tests use: redis-server (the tests start their own instance on a unix socket).
+system-deps:
+	@command -v redis-server >/dev/null || { \
+	  echo "installing redis-server (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -47,6 +47,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "SENDER_THREADS": ("sender_threads", int),
     "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
     "DRAIN_TIMEOUT": ("drain_timeout", float),
+    "REDIS_URL": ("redis_url", str),
     "LOG_LEVEL": ("log_level", str),
 }
 

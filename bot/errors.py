@@ -54,6 +54,13 @@ class Unauthorized(CallbackError):
     code = "unauthorized"
 
 
+class DeliveryUnavailable(CallbackError):
+    """The message could not be recorded durably (journal or Redis failing): not acknowledged, may be retried."""
+
+    status = 503
+    code = "unavailable"
+
+
 # --------------------------------------------------------------- CometChat API
 
 

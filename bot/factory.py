@@ -1,8 +1,9 @@
 """Wiring: settings + routers -> a Flask app serving the callback.
 
-``build_app`` chooses the sender (CometChat, or local mode's printer), builds
-the journal and the delivery pipeline (which owns the dispatcher), registers
-the blueprint and answers every HTTP error as JSON.
+``build_app`` chooses the sender (CometChat, or local mode's printer) and the
+delivery (the embedded journal and threads, or Redis + RQ with ``REDIS_URL``;
+either owns the dispatcher), registers the blueprint and the ``flask bot``
+commands, and answers every HTTP error as JSON.
 The pieces are kept on ``app.extensions["cometchat_bot"]`` (a :class:`BotApp`)
 for the testing helpers and the CLI.
 """
@@ -17,10 +18,12 @@ from flask import Flask, Response, jsonify
 from werkzeug.exceptions import HTTPException
 
 from .blueprint import create_blueprint
+from .cli import bot_cli
 from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
 from .journal import Journal, RateLimit
 from .pipeline import Pipeline, PipelineOptions
+from .redis_queue import RedisDelivery
 from .routing import Router
 from .settings import Settings
 
@@ -36,26 +39,22 @@ class BotApp:
     settings: Settings
     router: Router
     sender: Sender
-    pipeline: Pipeline
+    delivery: Pipeline | RedisDelivery  # embedded journal + threads, or Redis + RQ workers
 
     @property
     def dispatcher(self) -> Dispatcher:
-        return self.pipeline.dispatcher
-
-    @property
-    def journal(self) -> Journal:
-        return self.pipeline.journal
+        return self.delivery.dispatcher
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Block until every accepted message is handled and its replies delivered (True), or ``timeout`` passes.
 
         Tests call this after posting a callback, before looking at what was sent.
         """
-        return self.pipeline.wait_idle(timeout)
+        return self.delivery.wait_idle(timeout)
 
     def close(self, timeout: float | None = None) -> bool:
-        """Stop the pipeline (draining running work for up to ``timeout`` s)."""
-        return self.pipeline.stop(timeout)
+        """Stop background work (draining what runs for up to ``timeout`` s)."""
+        return self.delivery.stop(timeout)
 
 
 def build_app(
@@ -76,32 +75,40 @@ def build_app(
         else:
             log.warning("local mode: no CometChat credentials configured; replies are printed, not sent")
             sender = LocalSender()
-    journal = Journal(
-        settings.journal_path,
-        dedup_ttl=settings.dedup_ttl,
-        rate_limit=RateLimit.parse(settings.rate_limit),
-        synchronous=settings.journal_sync,
-    )
-    pipeline = Pipeline(
-        journal,
-        root,
-        sender,
-        bot_uid=settings.bot_uid,
-        retry=RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait),
-        options=PipelineOptions(
-            handler_threads=settings.handler_threads,
-            sender_threads=settings.sender_threads,
-            drain_timeout=settings.drain_timeout,
-        ),
-    )
-    state = BotApp(settings, root, sender, pipeline)
+    delivery = _delivery(settings, root, sender)
+    state = BotApp(settings, root, sender, delivery)
 
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
-    app.register_blueprint(create_blueprint(settings, pipeline.dispatcher, pipeline.submit))
+    app.register_blueprint(create_blueprint(settings, delivery.dispatcher, delivery.submit))
     app.register_error_handler(HTTPException, _json_http_error)
-    pipeline.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
+    app.cli.add_command(bot_cli)
+    delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
     return app
+
+
+def _delivery(settings: Settings, router: Router, sender: Sender) -> Pipeline | RedisDelivery:
+    retry = RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait)
+    rate_limit = RateLimit.parse(settings.rate_limit)
+    if settings.redis_url:
+        return RedisDelivery(
+            settings.redis_url,
+            router,
+            sender,
+            bot_uid=settings.bot_uid,
+            dedup_ttl=settings.dedup_ttl,
+            retry=retry,
+            rate_limit=rate_limit,
+        )
+    journal = Journal(
+        settings.journal_path, dedup_ttl=settings.dedup_ttl, rate_limit=rate_limit, synchronous=settings.journal_sync
+    )
+    options = PipelineOptions(
+        handler_threads=settings.handler_threads,
+        sender_threads=settings.sender_threads,
+        drain_timeout=settings.drain_timeout,
+    )
+    return Pipeline(journal, router, sender, bot_uid=settings.bot_uid, retry=retry, options=options)
 
 
 def bot_app(app: Flask) -> BotApp:

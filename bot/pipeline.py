@@ -25,6 +25,7 @@ import json
 import logging
 import os
 import queue
+import sqlite3
 import threading
 import time
 import weakref
@@ -35,7 +36,7 @@ from typing import ClassVar, Generic, TypeVar
 
 from .client import RetryPolicy, Sender
 from .dispatch import Dispatcher
-from .errors import CometChatError
+from .errors import CometChatError, DeliveryUnavailable
 from .journal import InboxItem, Journal, OutboxItem
 from .message import Message
 from .replies import SendRequest
@@ -163,6 +164,10 @@ class Pipeline:
         claim = self._reserve("handler")
         try:
             result = self.journal.accept(msg.bot_uid, msg.conversation_id, msg.id, body, claim=claim)
+        except sqlite3.Error as exc:
+            self._release_handler_slot(int(claim))
+            log.error("message %s in %s: journal unavailable: %s", msg.id, msg.conversation_id, exc)
+            raise DeliveryUnavailable("the bot cannot record messages right now (journal); try again") from exc
         except BaseException:
             self._release_handler_slot(int(claim))
             raise

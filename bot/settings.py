@@ -48,6 +48,7 @@ class Settings:
     sender_threads: int = 64  # replies in flight at once, per process
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
+    redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
 
     log_level: str = "INFO"
 

@@ -1,0 +1,274 @@
+"""Scale-out delivery on Redis + RQ (``REDIS_URL`` set).
+
+Web processes validate, deduplicate and enqueue; RQ worker processes
+(``flask --app app bot worker``, the Procfile's ``worker:`` line) run the
+handlers and send the replies. Any number of both, on any number of hosts.
+
+How the guarantees are kept, with the engine's own mechanisms:
+
+* **Deduplication**: ``SET cometchat-bot:seen:{bot}:{id} NX EX ttl`` at accept
+  time; a redelivered callback is answered 200 and not enqueued again.
+* **Per-conversation order**: each message's job depends on the previous
+  job of its conversation (RQ job dependencies, ``allow_failure=True`` so a
+  failed job does not hold its conversation forever). The id of a
+  conversation's last job is swapped atomically (``SET ... GET``), so two
+  web processes cannot both chain onto the same predecessor. Different
+  conversations run on whatever workers are free.
+* **Nothing lost**: jobs are retried (``Retry``) when a handler's process
+  dies; RQ moves a job whose worker was killed mid-job out of the started
+  registry after its heartbeat expires and retries it (abandoned-job
+  handling). A reply's muid is recorded in Redis once CometChat accepted it,
+  so a job that runs again does not send that reply twice.
+* **Flow control**: a reply is retried in its job, honouring ``Retry-After``,
+  which keeps the conversation's later messages behind it; other
+  conversations go on on other workers. A shared token bucket in Redis
+  (``COMETCHAT_RATE_LIMIT``) paces all workers. Replies that finally fail are
+  pushed to ``cometchat-bot:dead-letters``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from redis import Redis, RedisError
+from rq import Queue, Retry, SimpleWorker
+from rq.job import Dependency, Job
+from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+
+from .client import RetryPolicy, Sender
+from .dispatch import Dispatcher
+from .errors import CometChatError, DeliveryUnavailable
+from .journal import RateLimit
+from .message import Message
+from .replies import SendRequest
+from .routing import Router
+from .schemas import parse_callback
+
+log = logging.getLogger(__name__)
+
+PREFIX = "cometchat-bot"
+QUEUE = PREFIX
+#: How long finished jobs, and the pointers to a conversation's last job, are kept.
+#: A pointer never outlives its job: it is set at enqueue, the job expires this long after finishing.
+CHAIN_TTL = 3600
+JOB_TIMEOUT = 600
+#: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
+JOB_RETRIES = 3
+
+# Token bucket shared by all workers: KEYS[1] bucket; ARGV rate/s, burst, now. Returns seconds to wait (0 = taken).
+_TAKE_TOKEN = """
+local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
+local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local tokens = tonumber(bucket[1]) or burst
+local at = tonumber(bucket[2]) or now
+tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
+if tokens < 1 then
+  return tostring((1 - tokens) / rate)
+end
+redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+redis.call('EXPIRE', KEYS[1], 3600)
+return '0'
+"""
+
+
+@dataclass(frozen=True)
+class Depth:
+    queued: int
+    running: int
+    waiting: int  # deferred behind an earlier message of their conversation, or scheduled for a retry
+    dead_letters: int
+
+
+class RedisDelivery:
+    """Same role as :class:`~bot.pipeline.Pipeline` (``submit``, ``wait_idle``), on Redis + RQ."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        router: Router,
+        sender: Sender,
+        *,
+        bot_uid: str = "",
+        dedup_ttl: float = 3600.0,
+        retry: RetryPolicy | None = None,
+        rate_limit: RateLimit | None = None,
+    ) -> None:
+        self.redis = Redis.from_url(redis_url)
+        self.queue = Queue(QUEUE, connection=self.redis)
+        self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
+        self.sender = sender
+        self.bot_uid = bot_uid
+        self.dedup_ttl = max(1, int(dedup_ttl))
+        self.retry = retry or RetryPolicy()
+        self.rate_limit = rate_limit
+        self._take_token = self.redis.register_script(_TAKE_TOKEN)
+
+    # ------------------------------------------------------------ web side
+
+    def submit(self, msg: Message, body: bytes) -> str:
+        """Deduplicate and enqueue; returns "accepted" or "duplicate"."""
+        try:
+            return self._enqueue(msg, body)
+        except RedisError as exc:
+            log.error("message %s in %s: Redis unavailable: %s", msg.id, msg.conversation_id, exc)
+            raise DeliveryUnavailable("the bot cannot record messages right now (Redis); try again") from exc
+
+    def _enqueue(self, msg: Message, body: bytes) -> str:
+        bot = msg.bot_uid or self.bot_uid
+        seen_key = f"{PREFIX}:seen:{bot}:{msg.id}"
+        if not self.redis.set(seen_key, 1, nx=True, ex=self.dedup_ttl):
+            return "duplicate"
+        job_id = f"msg-{bot}-{msg.id}"
+        try:
+            previous = self.redis.set(f"{PREFIX}:lane:{bot}:{msg.conversation_id}", job_id, get=True, ex=CHAIN_TTL)
+            depends_on = Dependency(jobs=[previous.decode()], allow_failure=True) if previous else None
+            self._enqueue_job(body, job_id, depends_on, msg)
+        except RedisError:
+            self.redis.delete(seen_key)  # not accepted after all: a redelivery must get through
+            raise
+        return "accepted"
+
+    def _enqueue_job(self, body: bytes, job_id: str, depends_on: Dependency | None, msg: Message) -> None:
+        self.queue.enqueue(
+            process_message,
+            body,
+            job_id=job_id,
+            depends_on=depends_on,
+            retry=Retry(max=JOB_RETRIES - 1),
+            job_timeout=JOB_TIMEOUT,
+            result_ttl=CHAIN_TTL,
+            failure_ttl=7 * 24 * 3600,
+            description=f"message {msg.id} in {msg.conversation_id}",
+        )
+
+    def start(self) -> None:
+        """Nothing runs in web processes: RQ workers do the work."""
+
+    def stop(self, timeout: float | None = None) -> bool:
+        return True
+
+    # ------------------------------------------------------------ worker side
+
+    def process(self, body: bytes) -> str:
+        """Run one message's handler and send its replies (in an RQ worker)."""
+        msg = parse_callback(json.loads(body), bot_uid=self.bot_uid).message
+        if msg is None:
+            return "no message"
+        outcome = self.dispatcher.handle(msg)
+        log.info(
+            "message %s in %s: %s by %s, %d replies, %.1f ms",
+            outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",
+            outcome.sent, outcome.seconds * 1000,
+        )  # fmt: skip
+        return outcome.status
+
+    def deliver(self, request: SendRequest) -> None:
+        """Send a reply now (retrying in place), unless an earlier run of this job already sent it."""
+        sent_key = f"{PREFIX}:sent:{request.muid}"
+        if request.muid and self.redis.exists(sent_key):
+            log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
+            return
+        retries = 0
+        while True:
+            self._pace()
+            try:
+                self.sender.attempt(request)
+            except CometChatError as error:
+                wait = self.retry.delay(retries, error)
+                if wait is None:
+                    self._dead_letter(request, error, retries + 1)
+                    return
+                retries += 1
+                log.warning(
+                    "message %s in %s: reply attempt %d failed (%s); retrying in %.2f s",
+                    request.message_id, request.conversation_id, retries, error.code, wait,
+                )  # fmt: skip
+                time.sleep(wait)
+                continue
+            if request.muid:
+                self.redis.set(sent_key, 1, ex=self.dedup_ttl)
+            return
+
+    def _pace(self) -> None:
+        if self.rate_limit is None:
+            return
+        while True:
+            wait = float(
+                self._take_token(
+                    keys=[f"{PREFIX}:rate"], args=[self.rate_limit.per_second, self.rate_limit.burst, time.time()]
+                )
+            )
+            if wait <= 0:
+                return
+            time.sleep(wait)
+
+    def _dead_letter(self, request: SendRequest, error: CometChatError, attempts: int) -> None:
+        log.error(
+            "message %s in %s: reply %s failed for good after %d attempts: %s; kept as a dead letter",
+            request.message_id, request.conversation_id, request.muid, attempts, error,
+        )  # fmt: skip
+        letter = {
+            "kind": "reply",
+            "conversation": request.conversation_id,
+            "message_id": request.message_id,
+            "path": request.path,
+            "body": request.body,
+            "error_code": error.code,
+            "error": str(error),
+            "attempts": attempts,
+            "failed_at": time.time(),
+        }
+        self.redis.lpush(f"{PREFIX}:dead-letters", json.dumps(letter, ensure_ascii=False))
+
+    # ------------------------------------------------------------ observing
+
+    def depth(self) -> Depth:
+        deferred = DeferredJobRegistry(queue=self.queue).count
+        scheduled = ScheduledJobRegistry(queue=self.queue).count
+        return Depth(
+            queued=self.queue.count,
+            running=StartedJobRegistry(queue=self.queue).count,
+            waiting=deferred + scheduled,
+            dead_letters=self.redis.llen(f"{PREFIX}:dead-letters"),
+        )
+
+    def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
+        return [json.loads(item) for item in self.redis.lrange(f"{PREFIX}:dead-letters", 0, limit - 1)]
+
+    def wait_idle(self, timeout: float = 5.0) -> bool:
+        """Wait until no job is queued, running or waiting (True), or ``timeout`` passes (False)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            depth = self.depth()
+            if depth.queued == depth.running == depth.waiting == 0:
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.02)
+
+    def work(self, *, burst: bool = False, name: str | None = None) -> bool:
+        """Run an RQ worker for this app in the current process (``burst``: until the queue is empty)."""
+        global _current
+        _current = self
+        worker = SimpleWorker([self.queue], connection=self.redis, name=name)
+        return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+
+
+#: The delivery of the app this worker process serves (set by :meth:`RedisDelivery.work`).
+_current: RedisDelivery | None = None
+
+
+def process_message(body: bytes) -> str:
+    """The RQ job: handle one callback with the worker's app."""
+    if _current is None:
+        raise RuntimeError("no bot app in this worker: start workers with `flask --app app bot worker`")
+    return _current.process(body)
+
+
+def job_for(message_id: str, bot: str, redis: Redis) -> Job:
+    """The RQ job of a message (for tests and inspection)."""
+    return Job.fetch(f"msg-{bot}-{message_id}", connection=redis)

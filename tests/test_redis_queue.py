@@ -1,0 +1,267 @@
+"""Redis + RQ mode against a real redis-server and real worker processes.
+
+`make test` installs redis-server; the fixture starts a private one on a
+unix socket (no TCP port to collide with) and stops it afterwards.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import API_KEY, BOT_UID
+from pytest_httpserver import HTTPServer
+from redis import Redis
+from rq.registry import StartedJobRegistry
+from werkzeug import Request, Response
+
+import app as app_module
+from bot.factory import bot_app
+from bot.journal import RateLimit
+from bot.redis_queue import _TAKE_TOKEN, PREFIX, RedisDelivery
+from bot.testing import make_callback
+from bots.weather import forecast
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory) -> Iterator[str]:
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
+    folder = tmp_path_factory.mktemp("redis")
+    sock = folder / "redis.sock"
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            if Redis.from_url(url).ping():
+                break
+        except Exception:
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise
+            time.sleep(0.02)
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server) -> str:
+    Redis.from_url(redis_server).flushall()
+    return redis_server
+
+
+class RecordingCometChat:
+    """Threaded fake of the Send Bot Message API: records deliveries; `hold` makes requests wait."""
+
+    def __init__(self) -> None:
+        self.server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+        self.lock = threading.Lock()
+        self.delivered: list[dict] = []
+        self.arrived = threading.Event()
+        self.release = threading.Event()
+        self.release.set()
+        self.status_for: dict[str, tuple[int, str]] = {}  # text -> (status, error code)
+        self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
+
+    def handle(self, request: Request) -> Response:
+        self.arrived.set()
+        released = self.release.is_set()
+        self.release.wait(30)
+        body = request.get_json()
+        text = body["data"].get("text", "")
+        if not released:
+            return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
+        if text in self.status_for:
+            status, code = self.status_for[text]
+            return Response(f'{{"error": {{"code": "{code}"}}}}', status=status, content_type="application/json")
+        assert request.headers["apikey"] == API_KEY
+        with self.lock:
+            self.delivered.append(body)
+        return Response('{"data": {"id": "1"}}', content_type="application/json")
+
+    def texts(self) -> list[str]:
+        with self.lock:
+            return [body["data"]["text"] for body in self.delivered]
+
+
+@pytest.fixture
+def fake() -> Iterator[RecordingCometChat]:
+    fake = RecordingCometChat()
+    fake.server.start()
+    yield fake
+    fake.release.set()
+    fake.server.clear()
+    fake.server.stop()
+
+
+@pytest.fixture
+def settings(redis_url, live_settings, fake) -> dict[str, str]:
+    return {**live_settings, "REDIS_URL": redis_url, "COMETCHAT_API_URL": fake.server.url_for("/v3")}
+
+
+def post(app, body: dict, basic_auth: dict) -> dict:
+    response = app.test_client().post("/cometchat/callback", json=body, headers=basic_auth)
+    assert response.status_code == 200, response.get_data(as_text=True)
+    return response.get_json()
+
+
+def start_worker(settings: dict[str, str], log: Path) -> subprocess.Popen:
+    env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "bot", "worker"],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+
+
+def wait_for(predicate, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def weather_messages(users: int, per_user: int) -> list[tuple[str, dict, str]]:
+    return [
+        (f"u{u}", make_callback(f"/weather R{u}x{i}", sender=f"u{u}", bot=BOT_UID), forecast(f"R{u}x{i}"))
+        for i in range(per_user)
+        for u in range(users)
+    ]
+
+
+# ------------------------------------------------------------------ web side
+
+
+def test_redelivered_callback_is_enqueued_once_across_web_processes(settings, basic_auth):
+    web1, web2 = app_module.create_app(settings), app_module.create_app(settings)
+    body = make_callback("hello", id="5150", bot=BOT_UID)
+    assert post(web1, body, basic_auth)["status"] == "accepted"
+    assert post(web2, body, basic_auth)["status"] == "duplicate"
+    assert bot_app(web1).delivery.depth().queued == 1
+
+
+def test_later_messages_of_a_conversation_wait_for_the_earlier_one(settings, basic_auth):
+    web = app_module.create_app(settings)
+    for text in ["one", "two", "three"]:
+        post(web, make_callback(text, sender="alice", bot=BOT_UID), basic_auth)
+    post(web, make_callback("other", sender="bob", bot=BOT_UID), basic_auth)
+    depth = bot_app(web).delivery.depth()
+    assert (depth.queued, depth.waiting) == (2, 2)  # alice's first and bob's; alice's two others deferred
+
+
+def test_redis_down_is_a_503_not_a_500(live_settings, tmp_path, basic_auth):
+    web = app_module.create_app({**live_settings, "REDIS_URL": f"unix://{tmp_path}/no-such.sock"})
+    response = web.test_client().post("/cometchat/callback", json=make_callback("hi", bot=BOT_UID), headers=basic_auth)
+    assert response.status_code == 503
+    assert response.get_json()["error"]["code"] == "unavailable"
+
+
+def test_worker_command_needs_redis(live_settings):
+    web = app_module.create_app(live_settings)
+    result = web.test_cli_runner().invoke(args=["bot", "worker", "--burst"])
+    assert result.exit_code != 0 and "REDIS_URL" in result.output
+
+
+# ------------------------------------------------------------------ workers
+
+
+def test_workers_deliver_every_reply_once_in_conversation_order(settings, fake, basic_auth, tmp_path):
+    web = app_module.create_app(settings)
+    messages = weather_messages(users=3, per_user=6)
+    workers = [start_worker(settings, tmp_path / f"worker{i}.log") for i in range(2)]
+    try:
+        for _, body, _ in messages:
+            post(web, body, basic_auth)
+        assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), (tmp_path / "worker0.log").read_text()
+        assert bot_app(web).wait_idle(10)
+    finally:
+        for worker in workers:
+            worker.send_signal(signal.SIGTERM)
+        for worker in workers:
+            worker.wait(20)
+    texts = fake.texts()
+    assert sorted(texts) == sorted(expected for _, _, expected in messages)
+    for u in range(3):
+        assert [t for t in texts if f"R{u}x" in t] == [e for user, _, e in messages if user == f"u{u}"]
+
+
+def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.release.clear()  # replies hang at the API until the worker is gone
+    messages = weather_messages(users=2, per_user=2)
+    for _, body, _ in messages:
+        post(web, body, basic_auth)
+    doomed = start_worker(settings, tmp_path / "doomed.log")
+    try:
+        assert fake.arrived.wait(30), (tmp_path / "doomed.log").read_text()
+        assert StartedJobRegistry(queue=delivery.queue).count == 1
+    finally:
+        doomed.kill()  # SIGKILL, mid-job
+        doomed.wait(10)
+    fake.release.set()
+    # RQ notices an abandoned job once its heartbeat expires (60 s and more); jump past that instead of waiting.
+    StartedJobRegistry(queue=delivery.queue).cleanup(timestamp=time.time() + 3600)
+    survivor = start_worker(settings, tmp_path / "survivor.log")
+    try:
+        assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), (tmp_path / "survivor.log").read_text()
+        assert delivery.wait_idle(10)
+    finally:
+        survivor.send_signal(signal.SIGTERM)
+        survivor.wait(20)
+    assert sorted(fake.texts()) == sorted(expected for _, _, expected in messages)
+
+
+def test_final_send_failures_become_dead_letters(settings, fake, basic_auth):
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.status_for[forecast("Nowhere")] = (404, "ERR_UID_NOT_FOUND")
+    post(web, make_callback("/weather Nowhere", bot=BOT_UID), basic_auth)
+    post(web, make_callback("/weather Lyon", bot=BOT_UID), basic_auth)
+    delivery.work(burst=True)
+    assert fake.texts() == [forecast("Lyon")]
+    [letter] = delivery.dead_letters()
+    assert (letter["error_code"], letter["attempts"]) == ("ERR_UID_NOT_FOUND", 1)
+    assert letter["body"]["data"]["text"] == forecast("Nowhere")
+    result = web.test_cli_runner().invoke(args=["bot", "dead-letters"])
+    assert "ERR_UID_NOT_FOUND" in result.output
+
+
+def test_a_job_run_again_does_not_resend_a_delivered_reply(settings, fake, basic_auth):
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    body = make_callback("/weather Oslo", id="8080", bot=BOT_UID)
+    post(web, body, basic_auth)
+    delivery.work(burst=True)
+    delivery.process(json.dumps(body).encode())  # what a retried job does after a crash after sending
+    assert fake.texts() == [forecast("Oslo")]
+
+
+def test_shared_token_bucket(redis_url):
+    redis = Redis.from_url(redis_url)
+    take = redis.register_script(_TAKE_TOKEN)
+    limit = RateLimit(2, 1)  # 2/s, burst 2
+
+    def wait_at(now: float) -> float:
+        return float(take(keys=[f"{PREFIX}:rate"], args=[limit.per_second, limit.burst, now]))
+
+    assert [wait_at(100.0), wait_at(100.0)] == [0.0, 0.0]
+    assert wait_at(100.0) == pytest.approx(0.5)
+    assert wait_at(100.5) == 0.0  # one token came back after 0.5 s
