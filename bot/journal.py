@@ -32,16 +32,18 @@ import socket
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from .errors import ConfigError
 from .replies import SendRequest
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
@@ -200,12 +202,15 @@ class Journal:
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ConfigError("JOURNAL_SYNC must be normal or full")
+        self._pid = os.getpid()
         self.owner = process_owner()
+        self._write_lock = threading.Lock()
         self._local = threading.local()
         if self.path != ":memory:":
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         con = self._connection()
-        con.executescript(SCHEMA)
+        with self._write_lock:
+            self._retrying(lambda: con.executescript(SCHEMA))
 
     # ------------------------------------------------------------ connections
 
@@ -214,24 +219,52 @@ class Journal:
         pid = os.getpid()
         con = getattr(self._local, "con", None)
         if con is None or self._local.pid != pid:
-            if self._local.__dict__.get("pid") != pid:
-                self.owner = process_owner()
-            con = sqlite3.connect(self.path, isolation_level=None, timeout=30, check_same_thread=True)
-            con.execute("PRAGMA journal_mode=WAL")
+            if self._pid != pid:  # a forked child: a new owner id, and a write lock no thread holds
+                self._pid, self.owner, self._write_lock = pid, process_owner(), threading.Lock()
+            # timeout=0: waiting for another process's write lock is done by _begin(), in finer steps than
+            # SQLite's own busy handler (which sleeps 1, 2, 5, 10... ms).
+            con = sqlite3.connect(self.path, isolation_level=None, timeout=0, check_same_thread=True)
+            self._retrying(lambda: con.execute("PRAGMA journal_mode=WAL"))
             con.execute(f"PRAGMA synchronous={self.synchronous}")
+            con.execute("PRAGMA wal_autocheckpoint=0")  # checkpoints run on the claimer thread, off the request path
             self._local.con, self._local.pid = con, pid
         return con
 
     @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction. Threads of this process queue on a lock; other processes are waited for."""
         con = self._connection()
-        con.execute("BEGIN IMMEDIATE")
-        try:
-            yield con
-        except BaseException:
-            con.execute("ROLLBACK")
-            raise
-        con.execute("COMMIT")
+        with self._write_lock:
+            self._retrying(lambda: con.execute("BEGIN IMMEDIATE"))
+            try:
+                yield con
+            except BaseException:
+                con.execute("ROLLBACK")
+                raise
+            self._retrying(lambda: con.execute("COMMIT"))
+
+    def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        con = self._connection()
+        return self._retrying(lambda: con.execute(sql, args).fetchall())
+
+    @staticmethod
+    def _retrying(operation: Callable[[], T], timeout: float = 30.0) -> T:
+        """Run ``operation``, retrying while another process holds the database lock (up to ``timeout`` s)."""
+        delay, deadline = 0.00005, time.monotonic() + timeout
+        while True:
+            try:
+                return operation()
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.002)
+
+    def checkpoint(self) -> None:
+        """Copy the WAL into the database file (without waiting for readers); the claimer calls this each second."""
+        self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         con = getattr(self._local, "con", None)
@@ -403,12 +436,11 @@ class Journal:
         Replies queued behind another reply of their conversation do not count:
         they cannot go before it, however due they are.
         """
-        con = self._connection()
         sql = (
             "SELECT min(not_before) FROM outbox AS o WHERE owner IS NULL AND NOT EXISTS"
             " (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
         )
-        return con.execute(sql).fetchone()[0]
+        return self._read(sql)[0][0]
 
     def _claim_next_reply(self, con: sqlite3.Connection, conversation: str) -> OutboxItem | None:
         now = time.time()
@@ -461,8 +493,7 @@ class Journal:
         """Seconds until the bucket holds a token again (0 without a rate limit)."""
         if self.rate_limit is None:
             return 0.0
-        con = self._connection()
-        tokens = self._tokens(con, time.time())
+        tokens = self._retrying(lambda: self._tokens(self._connection(), time.time()))
         return max(0.0, (1 - tokens) / self.rate_limit.per_second)
 
     # ------------------------------------------------------------ housekeeping
@@ -478,10 +509,9 @@ class Journal:
 
     def recover(self) -> tuple[int, int]:
         """Release rows claimed by processes that no longer exist (killed, crashed). Returns (inbox, outbox) counts."""
-        con = self._connection()
         owners = {
             row[0]
-            for row in con.execute(
+            for row in self._read(
                 "SELECT DISTINCT owner FROM inbox WHERE owner IS NOT NULL "
                 "UNION SELECT DISTINCT owner FROM outbox WHERE owner IS NOT NULL"
             )
@@ -506,10 +536,9 @@ class Journal:
             ).rowcount
 
     def depth(self) -> Depth:
-        con = self._connection()
-        inbox, running = con.execute("SELECT count(*), count(owner) FROM inbox").fetchone()
-        outbox, waiting = con.execute("SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM outbox").fetchone()
-        dead = con.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+        [(inbox, running)] = self._read("SELECT count(*), count(owner) FROM inbox")
+        [(outbox, waiting)] = self._read("SELECT count(*), count(*) FILTER (WHERE attempts > 0) FROM outbox")
+        [(dead,)] = self._read("SELECT count(*) FROM dead_letters")
         return Depth(inbox, running, outbox, waiting, dead)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
@@ -537,4 +566,4 @@ class Journal:
         return True
 
     def _has(self, sql: str, *args: Any) -> bool:
-        return self._connection().execute(sql, args).fetchone() is not None
+        return bool(self._read(sql, args))

@@ -23,6 +23,7 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import math
 import os
 import queue
 import sqlite3
@@ -89,6 +90,11 @@ class Pipeline:
         self._closed = False  # the claimer has stopped
         self._busy_handlers = 0
         self._busy_senders = 0
+        # The claimer is woken only when it has something to do: rows left in the journal for want of a free
+        # thread (starved), or a retry coming due. Everything else is handed from thread to thread directly.
+        self._starved_handlers = False
+        self._starved_senders = False
+        self._retry_at = math.inf
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._current = threading.local()  # the inbox item a handler thread is working on
@@ -174,6 +180,8 @@ class Pipeline:
         if isinstance(result, InboxItem):
             self._handlers.put((result, msg))
             return "accepted"
+        if not claim:
+            self._starved_handlers = True  # every handler thread is busy: the claimer takes it when one frees
         self._release_handler_slot(int(claim))
         if result is False:
             self.stats.count("duplicate")
@@ -250,8 +258,11 @@ class Pipeline:
         if isinstance(result, OutboxItem):
             self._senders.put(result)
             return
+        if not claim or self.journal.rate_limit is not None:
+            # No free sender, or the rate limit says wait: the claimer takes the reply later. (A busy lane
+            # needs nothing: the reply ahead of it hands it on.)
+            self._starved_senders = True
         self._release_sender_slot(int(claim))
-        self._wake.set()  # the lane (or the rate limit) is busy: the claimer takes the reply later
 
     # ------------------------------------------------------------ senders
 
@@ -281,8 +292,11 @@ class Pipeline:
                 "message %s in %s: reply attempt %d failed (%s); retrying in %.2f s",
                 item.message_id, item.conversation, item.attempts + 1, error.code, wait,
             )  # fmt: skip
-            self.journal.retry_reply(item, time.time() + wait)
-            self._wake.set()
+            due = time.time() + wait
+            self.journal.retry_reply(item, due)
+            if due < self._retry_at:
+                self._retry_at = due
+                self._wake.set()  # to sleep until then
             return None
         self.stats.sent(time.time() - item.accepted_at)
         return self.journal.finish_reply(item)
@@ -290,7 +304,7 @@ class Pipeline:
     # ------------------------------------------------------------ claimer
 
     def _claim_loop(self) -> None:
-        last_recover = last_purge = last_stats = time.monotonic()
+        last_recover = last_purge = last_stats = last_checkpoint = time.monotonic()
         while not self._closed:
             self._wake.wait(self._sleep_time())
             self._wake.clear()
@@ -299,6 +313,9 @@ class Pipeline:
             try:
                 self._claim()
                 now = time.monotonic()
+                if now - last_checkpoint >= 1.0:
+                    last_checkpoint = now
+                    self.journal.checkpoint()
                 if now - last_recover >= self.options.recover_interval:
                     last_recover = now
                     if any(self.journal.recover()):
@@ -313,30 +330,33 @@ class Pipeline:
                 log.exception("claimer: journal error")
 
     def _sleep_time(self) -> float:
-        """Until the next retry comes due or the rate limit frees a token; at most ``poll_interval``.
+        """Until the next retry we know of comes due (or a rate-limit token), at most ``poll_interval``.
 
-        Replies already due but not claimed are waiting for a free sender,
-        whose release wakes the claimer anyway.
+        The poll picks up what this process was not told about: other
+        processes' rows and rows of processes that died.
         """
-        wait = self.options.poll_interval
-        due = self.journal.next_due()
-        if due is not None:
-            until = due - time.time()
-            if until > 0:
-                wait = min(wait, until)
-            elif self.journal.rate_limit is not None:
-                wait = min(wait, self.journal.next_token_in())
+        now = time.time()
+        if self._retry_at <= now:  # that retry is due now; look up the next one
+            due = self.journal.next_due()
+            self._retry_at = due if due is not None and due > now else math.inf
+        wait = min(self.options.poll_interval, self._retry_at - now)
+        if self._starved_senders and self.journal.rate_limit is not None:
+            wait = min(wait, self.journal.next_token_in())
         return max(wait, 0.005)
 
     def _claim(self) -> None:
         free = self._reserve_all("handler")
         items = self.journal.claim_inbox(free) if free else []
-        self._release_handler_slot(free - len(items))
+        if len(items) < free:
+            self._starved_handlers = False  # took all there was
+        self._release_handler_slot(free - len(items), wake=False)
         for item in items:
             self._handlers.put((item, None))
         free = self._reserve_all("sender")
         replies = self.journal.claim_replies(free) if free else []
-        self._release_sender_slot(free - len(replies))
+        if len(replies) < free:
+            self._starved_senders = False
+        self._release_sender_slot(free - len(replies), wake=False)
         for reply in replies:
             self._senders.put(reply)
 
@@ -352,19 +372,21 @@ class Pipeline:
                 self._busy_senders += free
             return free
 
-    def _release_handler_slot(self, n: int = 1) -> None:
+    def _release_handler_slot(self, n: int = 1, *, wake: bool = True) -> None:
         if n > 0:
             with self._lock:
                 self._busy_handlers -= n
                 self._idle.notify_all()
-            self._wake.set()
+            if wake and self._starved_handlers:
+                self._wake.set()
 
-    def _release_sender_slot(self, n: int = 1) -> None:
+    def _release_sender_slot(self, n: int = 1, *, wake: bool = True) -> None:
         if n > 0:
             with self._lock:
                 self._busy_senders -= n
                 self._idle.notify_all()
-            self._wake.set()
+            if wake and self._starved_senders:
+                self._wake.set()
 
     # ------------------------------------------------------------ observing
 
