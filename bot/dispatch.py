@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from .errors import CometChatError
@@ -82,7 +82,9 @@ class Dispatcher:
         handler = resolution.route.name
         status, code = "replied", ""
         try:
-            bound = msg.with_(match=resolution.captures, command=resolution.captures.get("command"), _replier=turn.send)
+            bound = msg.with_(
+                match=resolution.captures, command=resolution.captures.get("command"), _replier=turn.send_interim
+            )
             turn.send(resolution.route.call(bound, resolution.captures))
         except CometChatError as error:
             status, code = "send_error", error.code
@@ -115,7 +117,7 @@ class _Turn:
         self.seq = 0
         self.sent = 0
 
-    def send(self, *results: Any) -> None:
+    def send(self, *results: Any, interim: bool = False) -> None:
         replies = coerce(list(results))
         if not replies:
             return
@@ -123,5 +125,9 @@ class _Turn:
         requests = build_requests(self.msg, replies, bot_uid=bot_uid, first_seq=self.seq)
         self.seq += len(requests)
         for request in requests:
-            self.dispatcher.deliver(request)
+            self.dispatcher.deliver(replace(request, interim=True) if interim else request)
             self.sent += 1
+
+    def send_interim(self, *results: Any) -> None:
+        """``msg.reply(...)``: replies sent while the handler is still running."""
+        self.send(*results, interim=True)

@@ -353,13 +353,23 @@ class Journal:
 
     # ------------------------------------------------------------ outbox
 
-    def add_reply(self, request: SendRequest, *, accepted_at: float, claim: bool) -> OutboxItem | bool:
+    def add_reply(
+        self,
+        request: SendRequest,
+        *,
+        accepted_at: float,
+        claim: bool,
+        attempts: int = 0,
+        not_before: float = 0.0,
+    ) -> OutboxItem | bool:
         """Queue a reply. False if its muid was queued before (a handler re-run after a crash).
 
         With ``claim``, the reply is claimed for this process at once when its
-        lane is free (and the rate limit allows), and returned.
+        lane is free (and the rate limit allows), and returned. ``attempts`` and
+        ``not_before`` queue a reply whose first attempt (made inline) failed.
         """
         now = time.time()
+        claim = claim and not_before <= now
         body = json.dumps(request.body, ensure_ascii=False, separators=(",", ":"))
         with self._write() as con:
             if request.muid and not self._first_sighting(con, f"r\x1f{request.muid}", now):
@@ -367,13 +377,18 @@ class Journal:
             lane_busy = con.execute("SELECT 1 FROM outbox WHERE conversation = ? LIMIT 1", (request.conversation_id,))
             owner = self.owner if claim and lane_busy.fetchone() is None and self._take_tokens(con, 1, now) else None
             seq = con.execute(
-                "INSERT INTO outbox (conversation, message_id, path, body, owner, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING seq",
-                (request.conversation_id, request.message_id, request.path, body, owner, accepted_at),
-            ).fetchone()[0]
+                "INSERT INTO outbox (conversation, message_id, path, body, owner, attempts, not_before, accepted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                (request.conversation_id, request.message_id, request.path, body, owner, attempts, not_before,
+                 accepted_at),
+            ).fetchone()[0]  # fmt: skip
         if owner is None:
             return True
-        return OutboxItem(seq, request.conversation_id, request.message_id, request, 0, accepted_at)
+        return OutboxItem(seq, request.conversation_id, request.message_id, request, attempts, accepted_at)
+
+    def lane_has_replies(self, conversation: str) -> bool:
+        """True if replies of ``conversation`` wait in the outbox (a new reply must queue behind them)."""
+        return self._has("SELECT 1 FROM outbox WHERE conversation = ? LIMIT 1", conversation)
 
     def claim_replies(self, limit: int) -> list[OutboxItem]:
         """Claim up to ``limit`` due replies that head their lane, oldest first, within the rate limit."""
@@ -413,22 +428,31 @@ class Journal:
     def dead_letter_reply(self, item: OutboxItem, code: str, error: str) -> OutboxItem | None:
         """Move a reply that finally failed to the dead letters; claims the lane's next reply."""
         with self._write() as con:
-            con.execute(
-                "INSERT INTO dead_letters (kind, conversation, message_id, path, body, error_code, error, attempts,"
-                " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    item.conversation,
-                    item.message_id,
-                    item.request.path,
-                    json.dumps(item.request.body, ensure_ascii=False),
-                    code,
-                    error,
-                    item.attempts + 1,
-                    time.time(),
-                ),
-            )
+            self._insert_dead_reply(con, item.request, code, error, item.attempts + 1)
             con.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
             return self._claim_next_reply(con, item.conversation)
+
+    def dead_letter_request(self, request: SendRequest, code: str, error: str, attempts: int = 1) -> None:
+        """Keep a reply that failed for good on its first (inline) attempt, which never was in the outbox."""
+        with self._write() as con:
+            self._insert_dead_reply(con, request, code, error, attempts)
+
+    @staticmethod
+    def _insert_dead_reply(con: sqlite3.Connection, request: SendRequest, code: str, error: str, attempts: int) -> None:
+        con.execute(
+            "INSERT INTO dead_letters (kind, conversation, message_id, path, body, error_code, error, attempts,"
+            " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                request.conversation_id,
+                request.message_id,
+                request.path,
+                json.dumps(request.body, ensure_ascii=False),
+                code,
+                error,
+                attempts,
+                time.time(),
+            ),
+        )
 
     def next_due(self) -> float | None:
         """When the earliest waiting reply that heads its lane becomes due (None if none waits).

@@ -4,12 +4,17 @@ The request thread records the callback in the :class:`~bot.journal.Journal`
 and returns; nothing slow happens before the 200. Two pools of threads per
 process do the rest:
 
-* handler threads run the dispatcher for a message; its replies are
-  journaled in the outbox (``deliver``), then the message leaves the inbox;
-* sender threads post replies to CometChat, one attempt each. A failure that
-  may pass (429, 5xx, network) puts the reply back with a due time, so the
-  thread moves on to other conversations while that conversation's lane
-  waits; a final failure becomes a dead letter.
+* handler threads run the dispatcher for a message and post the replies it
+  returned themselves, in order, while nothing of the conversation waits in
+  the outbox (the common case: no journal write per reply); then the message
+  leaves the inbox. Replies sent with ``msg.reply()`` while the handler goes
+  on are journaled first, so that a re-run after a crash skips them. A
+  reply whose attempt fails with something that may pass (429, 5xx,
+  network) is journaled in the outbox with a due time, and so are the
+  message's later replies, so the thread moves on at once;
+* sender threads post what is in the outbox, one attempt each; a failure
+  that may pass puts the reply back with a due time while its
+  conversation's lane waits; a final failure becomes a dead letter.
 
 Work is handed to the pools directly when a lane is free (the common case,
 no extra round trip); a claimer thread picks up everything else: messages
@@ -52,8 +57,8 @@ MAX_HANDLER_ATTEMPTS = 3
 
 @dataclass(frozen=True)
 class PipelineOptions:
-    handler_threads: int = 16
-    sender_threads: int = 64
+    handler_threads: int = 64
+    sender_threads: int = 16
     poll_interval: float = 0.2  # how often the claimer looks for work it was not told about
     recover_interval: float = 2.0
     purge_interval: float = 60.0
@@ -97,7 +102,7 @@ class Pipeline:
         self._retry_at = math.inf
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
-        self._current = threading.local()  # the inbox item a handler thread is working on
+        self._current = threading.local()  # the _Handling of the message a handler thread is working on
 
     # ------------------------------------------------------------ lifecycle
 
@@ -232,11 +237,13 @@ class Pipeline:
         if msg is None:
             msg = parse_callback(json.loads(item.body), bot_uid=self.bot_uid).message
         if msg is not None:
-            self._current.item = item
+            # A re-run (after a crash) sends nothing inline: its replies go through the outbox, whose muid
+            # check skips those the first run had queued.
+            self._current.handling = _Handling(item, inline=None if item.attempts == 1 else False)
             try:
                 outcome = self.dispatcher.handle(msg)
             finally:
-                self._current.item = None
+                self._current.handling = None
             self.stats.count(outcome.status)
             log.info(
                 "message %s in %s: %s by %s, %d replies queued, handled in %.1f ms",
@@ -246,9 +253,16 @@ class Pipeline:
         return self.journal.finish_inbox(item)
 
     def deliver(self, request: SendRequest) -> None:
-        """The dispatcher's ``deliver``: journal a reply; send it at once when its lane and a sender are free."""
-        item: InboxItem | None = getattr(self._current, "item", None)
-        accepted_at = item.accepted_at if item else time.time()
+        """The dispatcher's ``deliver``: post a reply from the handler thread, or journal it for a sender."""
+        handling: _Handling | None = getattr(self._current, "handling", None)
+        if handling is not None and request.interim:
+            # The handler goes on after msg.reply(): journal the reply (its muid is remembered), so a re-run
+            # after a crash does not send it again. The message's later replies queue behind it.
+            handling.inline = False
+        if handling is not None and self._may_send_inline(handling):
+            self._send_inline(handling, request)
+            return
+        accepted_at = handling.item.accepted_at if handling else time.time()
         claim = self._reserve("sender")
         try:
             result = self.journal.add_reply(request, accepted_at=accepted_at, claim=claim)
@@ -263,6 +277,46 @@ class Pipeline:
             # needs nothing: the reply ahead of it hands it on.)
             self._starved_senders = True
         self._release_sender_slot(int(claim))
+
+    def _may_send_inline(self, handling: _Handling) -> bool:
+        if handling.inline is None:
+            # This thread holds the conversation's inbox lane, so no other reply of it can be queued meanwhile:
+            # one look per message is enough. A rate limit needs the journal's shared tokens: no inline sends.
+            handling.inline = self.journal.rate_limit is None and not self.journal.lane_has_replies(
+                handling.item.conversation
+            )
+        return handling.inline
+
+    def _send_inline(self, handling: _Handling, request: SendRequest) -> None:
+        item = handling.item
+        try:
+            self.sender.attempt(request)
+        except CometChatError as error:
+            wait = self.retry.delay(0, error)
+            if wait is None:
+                self.stats.count("dead_letter")
+                log.error(
+                    "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
+                    item.message_id, item.conversation, request.muid, error,
+                )  # fmt: skip
+                self.journal.dead_letter_request(request, error.code, str(error))
+                return
+            self.stats.count("retry")
+            log.warning(
+                "message %s in %s: reply attempt 1 failed (%s); retrying in %.2f s",
+                item.message_id, item.conversation, error.code, wait,
+            )  # fmt: skip
+            handling.inline = False  # this reply now heads the lane; the message's next replies queue behind it
+            due = time.time() + wait
+            self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
+            self._note_retry(due)
+            return
+        self.stats.sent(time.time() - item.accepted_at)
+
+    def _note_retry(self, due: float) -> None:
+        if due < self._retry_at:
+            self._retry_at = due
+            self._wake.set()  # the claimer sleeps until then
 
     # ------------------------------------------------------------ senders
 
@@ -294,9 +348,7 @@ class Pipeline:
             )  # fmt: skip
             due = time.time() + wait
             self.journal.retry_reply(item, due)
-            if due < self._retry_at:
-                self._retry_at = due
-                self._wake.set()  # to sleep until then
+            self._note_retry(due)
             return None
         self.stats.sent(time.time() - item.accepted_at)
         return self.journal.finish_reply(item)
@@ -414,6 +466,14 @@ class Pipeline:
             depth.inbox, depth.inbox_running, depth.outbox, depth.outbox_waiting_retry, depth.dead_letters,
             stats["sent"], stats["p50_ms"], stats["p99_ms"],
         )  # fmt: skip
+
+
+@dataclass
+class _Handling:
+    """The message a handler thread is running: whether its replies may still be posted inline."""
+
+    item: InboxItem
+    inline: bool | None  # None: not decided yet (decided at the first reply)
 
 
 class _Stats:

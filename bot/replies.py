@@ -171,6 +171,7 @@ class SendRequest:
     body: dict[str, Any]
     message_id: str = ""  # the incoming message this answers (for logs)
     conversation_id: str = ""
+    interim: bool = False  # sent with msg.reply() while the handler goes on running (not returned by it)
 
     @property
     def muid(self) -> str:

@@ -44,8 +44,8 @@ class Settings:
     journal_path: str = "var/journal.sqlite3"
     journal_sync: str = "normal"  # "full": also survive an OS crash, at a cost per callback
     dedup_ttl: float = 3600.0  # seconds a message id is remembered against redelivery
-    handler_threads: int = 16  # handlers running at once, per process
-    sender_threads: int = 64  # replies in flight at once, per process
+    handler_threads: int = 64  # messages handled at once per process (their replies are posted by these threads)
+    sender_threads: int = 16  # threads per process posting replies that wait in the journal (retries, backlog)
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
