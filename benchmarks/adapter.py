@@ -1,0 +1,43 @@
+"""The framework as a server of the benchmark harness in ``../shared/bench``.
+
+The harness configures its servers with its own variable names; this module maps
+them to ours and builds the real app (``create_app``) with the echo bot in
+:mod:`benchmarks.echo_bot`. gunicorn imports it in each worker after the fork,
+so every worker builds its own app and delivery threads, as in production.
+
+=====================  ===================================
+harness                ours
+=====================  ===================================
+CALLBACK_BASIC_AUTH    CALLBACK_USERNAME, CALLBACK_PASSWORD
+COMETCHAT_API_BASE     COMETCHAT_API_URL
+=====================  ===================================
+
+Without ``JOURNAL_PATH`` in the environment each gunicorn run gets a journal of
+its own, named after the gunicorn master, so one measurement never inherits
+another's backlog.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+from app import create_app
+
+
+def harness_settings(environ: os._Environ | dict[str, str] = os.environ) -> dict[str, str]:
+    """Our settings from the harness's environment."""
+    settings = {"BOTS_PACKAGE": "benchmarks.echo_bot", "LOG_LEVEL": environ.get("LOG_LEVEL", "warning")}
+    if "CALLBACK_BASIC_AUTH" in environ:
+        username, _, password = environ["CALLBACK_BASIC_AUTH"].partition(":")
+        settings |= {"CALLBACK_USERNAME": username, "CALLBACK_PASSWORD": password}
+    if "COMETCHAT_API_BASE" in environ:
+        settings["COMETCHAT_API_URL"] = environ["COMETCHAT_API_BASE"]
+    if "JOURNAL_PATH" not in environ:
+        folder = os.path.join(tempfile.gettempdir(), "bench")
+        os.makedirs(folder, exist_ok=True)
+        settings["JOURNAL_PATH"] = os.path.join(folder, f"cometchat-bot-journal-{os.getppid()}.sqlite3")
+    return settings
+
+
+app = create_app(harness_settings())

@@ -1,0 +1,1 @@
+"""The harness's echo bot: the handler package the benchmark adapter discovers (``BOTS_PACKAGE``)."""
