@@ -1,0 +1,113 @@
+"""Callback bodies -> typed messages: every CometChat sample is accepted, every invalid one rejected by name."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+import pytest
+
+from bot.errors import CallbackError, InvalidCallback
+from bot.message import Message
+from bot.schemas import parse_callback
+from tests.conftest import BOT_UID, INVALID_PAYLOADS, PAYLOADS
+
+
+@pytest.mark.parametrize("path", PAYLOADS, ids=lambda p: p.stem)
+def test_every_sample_parses_into_a_message(path):
+    body = json.loads(path.read_text())
+    callback = parse_callback(body, bot_uid=BOT_UID)
+    msg = callback.message
+    assert isinstance(msg, Message)
+    raw = body["data"].get("message", body["data"])  # webhook v2 nests the message one level deeper
+    assert msg.id == str(raw["id"]) and msg.category == raw["category"] and msg.type == raw["type"]
+    assert msg.sender.uid == (raw["sender"] if isinstance(raw["sender"], str) else raw["sender"]["uid"]).lower()
+    assert msg.is_group == (raw["receiverType"] == "group")
+    assert msg.conversation_id
+    assert isinstance(msg.sent_at, datetime | None)
+    assert all(isinstance(a.size, int | None) for a in msg.attachments)
+    assert msg.raw == raw
+
+
+@pytest.mark.parametrize(
+    ("sample", "expected"),
+    [
+        ("text_user", {"text": "I need help with my account", "is_group": False, "receiver": "helpdesk-bot"}),
+        ("text_group", {"is_group": True, "receiver_type": "group"}),
+        ("image", {"type": "image"}),
+        ("custom_location", {"category": "custom", "type": "location"}),
+        ("edited_action", {"category": "action"}),
+        ("webhook_v2_message_sent", {"id": "9047", "category": "message"}),
+        ("minimal_no_optional_fields", {"attachments": (), "parent_id": None}),
+    ],
+)
+def test_sample_fields(sample, expected, payload):
+    msg = parse_callback(payload(sample), bot_uid=BOT_UID).message
+    for name, value in expected.items():
+        got = getattr(msg, name)
+        assert (tuple(got) if isinstance(value, tuple) else got) == value, name
+
+
+def test_sender_entity_and_sent_at(payload):
+    msg = parse_callback(payload("text_user"), bot_uid=BOT_UID).message
+    assert (msg.sender.uid, msg.sender.name, msg.sender.role) == ("alice", "Alice", "default")
+    assert msg.sent_at.timestamp() == 1763000123
+
+
+def test_file_size_given_as_a_string_becomes_an_int(payload):
+    [attachment] = parse_callback(payload("file_size_as_string"), bot_uid=BOT_UID).message.attachments
+    assert isinstance(attachment.size, int) and attachment.size > 0
+
+
+def test_thread_reply_keeps_its_parent(payload):
+    body = payload("thread_reply")
+    msg = parse_callback(body, bot_uid=BOT_UID).message
+    assert msg.parent_id == str(body["data"]["parentId"])
+
+
+def test_mentions_are_normalised_in_text_but_kept_in_raw_text(payload):
+    body = payload("text_group_mention")
+    msg = parse_callback(body, bot_uid=BOT_UID).message
+    assert msg.raw_text == body["data"]["data"]["text"]
+    assert "<@uid:" in msg.raw_text and "<@uid:" not in msg.text
+    assert msg.mentions
+
+
+def test_custom_data_is_passed_through(payload):
+    body = payload("custom_location")
+    msg = parse_callback(body, bot_uid=BOT_UID).message
+    assert msg.custom_data == body["data"]["data"]["customData"]
+
+
+# not_json.json is rejected before the schema, by the blueprint (tests/test_blueprint.py).
+@pytest.mark.parametrize("path", [p for p in INVALID_PAYLOADS if p.stem != "not_json"], ids=lambda p: p.stem)
+def test_every_invalid_sample_is_rejected(path):
+    with pytest.raises(CallbackError) as caught:
+        parse_callback(json.loads(path.read_text()), bot_uid=BOT_UID)
+    assert caught.value.status == 400 and caught.value.message
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda m: m.pop("id"), "id"),
+        (lambda m: m.update(receiverType="channel"), "receiverType"),
+        (lambda m: m.update(sender=42), "sender"),
+        (lambda m: m["data"].update(text=["not", "text"]), "text"),
+        (lambda m: m.update(sentAt="yesterday"), "sentAt"),
+    ],
+    ids=["no-id", "receiver-type", "sender-type", "text-type", "sent-at"],
+)
+def test_schema_errors_name_the_field(change, field, payload):
+    body = payload("text_user")
+    change(body["data"])
+    with pytest.raises(InvalidCallback) as caught:
+        parse_callback(body, bot_uid=BOT_UID)
+    assert field in json.dumps(caught.value.to_json())
+
+
+@pytest.mark.parametrize("trigger", ["before_message", "after_something_new"])
+def test_unknown_triggers_parse_without_a_message(trigger, payload):
+    body = payload("text_user")
+    body["trigger"] = trigger
+    assert parse_callback(body, bot_uid=BOT_UID).message is None
