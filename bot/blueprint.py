@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 
 from flask import Blueprint, Response, jsonify, request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .auth import BasicAuth
 from .dispatch import Dispatcher
@@ -50,8 +51,12 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit)
             raise UnsupportedMediaType(
                 f"the callback must be JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
             )
-        request.max_content_length = settings.callback_max_bytes  # larger bodies: 413 while reading
+        # Larger bodies: 413. One byte over the limit is read so that a body without Content-Length (chunked)
+        # is refused too, rather than silently cut at the limit.
+        request.max_content_length = settings.callback_max_bytes + 1
         data = request.get_data(cache=False)
+        if len(data) > settings.callback_max_bytes:
+            raise RequestEntityTooLarge(f"the callback body is larger than {settings.callback_max_bytes} bytes")
         cb = parse_callback(_decode_json(data), bot_uid=settings.bot_uid)
         reason = dispatcher.screen(cb)
         if reason:
@@ -77,3 +82,7 @@ def _decode_json(data: bytes) -> object:
         raise InvalidJSON(
             f"the callback body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
         ) from None
+    except RecursionError:
+        raise InvalidJSON("the callback body is not usable JSON: nested too deeply") from None
+    except ValueError:  # Python's limit on the digits of an integer
+        raise InvalidJSON("the callback body is not usable JSON: a number has too many digits") from None

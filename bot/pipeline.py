@@ -455,6 +455,10 @@ class Pipeline:
             with self._lock:
                 self._idle.wait(0.02)
 
+    def dead_letters(self, limit: int = 100) -> list[dict]:
+        """Replies (and messages) that failed for good, newest first: what ``flask bot dead-letters`` lists."""
+        return self.journal.dead_letters(limit)
+
     def _log_stats(self) -> None:
         depth = self.journal.depth()
         stats = self.stats.snapshot()

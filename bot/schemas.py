@@ -200,10 +200,11 @@ def parse_callback(body: Any, *, bot_uid: str = "") -> Callback:
     except ValidationError as exc:
         raise _invalid(exc.messages, prefix="") from None
     trigger = envelope["trigger"]
-    bot = bot_uid or envelope["bot"]
+    bot = bot_uid or envelope["bot"]  # the bot this app is
+    addressed = envelope["bot"] or bot  # the bot the callback says it is for (webhooks v2 name none)
     path = MESSAGE_TRIGGERS.get(trigger)
     if path is None:
-        return Callback(trigger=trigger, bot=bot, message=None)
+        return Callback(trigger=trigger, bot=addressed, message=None)
     raw = body
     for i, key in enumerate(path):
         raw = raw.get(key) if isinstance(raw, dict) else None
@@ -216,7 +217,7 @@ def parse_callback(body: Any, *, bot_uid: str = "") -> Callback:
         loaded = MESSAGE.load(raw)
     except ValidationError as exc:
         raise _invalid(exc.messages, prefix=".".join(path) + ".") from None
-    return Callback(trigger=trigger, bot=bot, message=_build_message(loaded, raw, bot=bot, trigger=trigger))
+    return Callback(trigger=trigger, bot=addressed, message=_build_message(loaded, raw, bot=bot, trigger=trigger))
 
 
 def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
