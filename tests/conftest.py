@@ -84,3 +84,13 @@ def basic_auth() -> dict[str, str]:
 
     token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
     return {"Authorization": f"Basic {token}"}
+
+
+@pytest.fixture
+def fake_api(httpserver: HTTPServer, api_answer) -> HTTPServer:
+    """The fake CometChat API answering every Send Bot Message like the sample success answer."""
+    status, headers, body = api_answer("send_ok_200")
+    httpserver.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_json(
+        body, status=status, headers=headers
+    )
+    return httpserver

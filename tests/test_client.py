@@ -1,178 +1,467 @@
-"""The CometChat client against an HTTP fake: exact requests, typed errors, retries, no secret in logs."""
+"""CometChatClient against an HTTP fake (pytest-httpserver): the exact request, typed errors, retries, no secret leaks.
+
+Retries that would wait (backoff, ``Retry-After``) go through an injected ``sleep`` that records the waits, so
+the tests can assert the exact wait without spending it; one test spends a short real ``Retry-After``.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
 import socket
+import threading
 import time
+from email.utils import formatdate
 
 import pytest
 from pytest_httpserver import HTTPServer
-from werkzeug import Response
+from werkzeug import Request, Response
 
+from bot import Text
 from bot.client import CometChatClient, LocalSender, RetryPolicy
 from bot.errors import (
     AuthenticationError,
     BadRequest,
+    CometChatError,
     Forbidden,
     NotFound,
     RateLimited,
     ServerError,
     TransportError,
 )
-from bot.replies import SendRequest
-from tests.conftest import API_KEY, BOT_UID
+from bot.replies import SendRequest, build_requests
+from bot.settings import Settings
+from bot.testing import make_message
+from tests.conftest import API_KEY, BOT_UID, DATA
 
-PATH = f"/bots/{BOT_UID}/messages"
+SEND_PATH = f"/v3/bots/{BOT_UID}/messages"
 BODY = {"receiver": "alice", "receiverType": "user", "category": "message", "type": "text", "data": {"text": "hé"}}
+
+#: Every sample answer of the send API: (HTTP status, exception class, CometChat error code, retried?).
+ERROR_SAMPLES = {
+    "bad_apikey_401": (401, AuthenticationError, "AUTH_ERR_APIKEY_NOT_FOUND", False),
+    "empty_text_400": (400, BadRequest, "ERR_EMPTY_MESSAGE_TEXT", False),
+    "not_a_member_403": (403, Forbidden, "ERR_NOT_A_MEMBER", False),
+    "uid_not_found_404": (404, NotFound, "ERR_UID_NOT_FOUND", False),
+    "bot_not_found_404": (404, NotFound, "ERR_BOT_NOT_FOUND", False),
+    "rate_limited_429": (429, RateLimited, "ERR_TOO_MANY_REQUESTS", True),
+    "server_error_500": (500, ServerError, "ERR_MISSION_FAILED", True),
+}
+NOT_RETRIED = [name for name, (*_, retried) in ERROR_SAMPLES.items() if not retried]
+
+
+# ------------------------------------------------------------------ fixtures and helpers
 
 
 @pytest.fixture
 def sleeps() -> list[float]:
+    """The waits the client asked for (instead of sleeping)."""
     return []
 
 
 @pytest.fixture
-def client(httpserver: HTTPServer, sleeps) -> CometChatClient:
-    client = CometChatClient(
-        httpserver.url_for("/v3"), API_KEY, timeout=5, retry=RetryPolicy(max_retries=3), sleep=sleeps.append
+def make_client(httpserver: HTTPServer, sleeps):
+    """make_client(max_retries=3, base_url=..., timeout=5, **policy) -> a client whose sleeps are recorded."""
+    clients: list[CometChatClient] = []
+
+    def make(max_retries: int = 3, *, base_url: str | None = None, timeout: float = 5.0, **policy) -> CometChatClient:
+        retry = RetryPolicy(max_retries=max_retries, **policy)
+        client = CometChatClient(
+            base_url or httpserver.url_for("/v3"), API_KEY, timeout=timeout, retry=retry, sleep=sleeps.append
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client) -> CometChatClient:
+    return make_client()
+
+
+def send_request(body: dict | None = None) -> SendRequest:
+    return SendRequest(
+        f"/bots/{BOT_UID}/messages", {**(body or BODY), "muid": "m-1"}, "9031", "alice_user_helpdesk-bot"
     )
-    yield client
-    client.close()
 
 
-def request(body: dict | None = None) -> SendRequest:
-    return SendRequest(PATH, {**(body or BODY), "muid": "m-1"}, "9031", "alice_user_helpdesk-bot")
+def respond_with_sample(server: HTTPServer, api_answer, name: str, *, ordered: bool = False) -> None:
+    status, headers, body = api_answer(name)
+    expect = server.expect_ordered_request if ordered else server.expect_request
+    expect(SEND_PATH, method="POST").respond_with_json(body, status=status, headers=headers)
 
 
-def test_sends_exactly_the_request_cometchat_documents(client, httpserver, api_answer):
+def closed_port() -> int:
+    """A local port nobody listens on (bound to port 0, then closed)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# ------------------------------------------------------------------ the request
+
+
+def test_posts_exactly_the_documented_request(client, httpserver, api_answer):
     status, _, answer = api_answer("send_ok_200")
-    httpserver.expect_ordered_request(
-        f"/v3{PATH}", method="POST", headers={"apikey": API_KEY, "Accept": "application/json"}
-    ).respond_with_json(answer, status=status)
-    created = client.send(request())
-    assert created == answer["data"]
+    httpserver.expect_request(SEND_PATH, method="POST").respond_with_json(answer, status=status)
+    [request] = build_requests(make_message("hi", bot=BOT_UID), [Text("hé ✓ <b>")], bot_uid=BOT_UID)
+
+    created = client.send(request)
+
+    assert created == answer["data"]  # the created message, unwrapped from "data"
     [(sent, _)] = httpserver.log
+    assert sent.method == "POST"
+    assert sent.url == httpserver.url_for(SEND_PATH)
+    assert sent.headers["apikey"] == API_KEY
     assert sent.headers["Content-Type"] == "application/json"
-    assert "Expect" not in sent.headers  # no "100 Continue" round trip
-    assert json.loads(sent.get_data()) == {**BODY, "muid": "m-1"}
-    assert sent.get_data().decode() == json.dumps({**BODY, "muid": "m-1"}, ensure_ascii=False, separators=(",", ":"))
+    assert sent.headers["Accept"] == "application/json"
+    assert "Expect" not in sent.headers  # no "100 Continue" round trip before the body
+    body = json.loads(sent.get_data())
+    assert body == {
+        "receiver": "alice",
+        "receiverType": "user",
+        "category": "message",
+        "type": "text",
+        "data": {"text": "hé ✓ <b>"},
+        "muid": request.muid,
+    }
+    assert sent.get_data().decode("utf-8") == json.dumps(body, ensure_ascii=False, separators=(",", ":"))  # UTF-8
 
 
-@pytest.mark.parametrize(
-    ("sample", "error_class", "code"),
-    [
-        ("bad_apikey_401", AuthenticationError, "AUTH_ERR_APIKEY_NOT_FOUND"),
-        ("empty_text_400", BadRequest, "ERR_EMPTY_MESSAGE_TEXT"),
-        ("not_a_member_403", Forbidden, "ERR_NOT_A_MEMBER"),
-        ("uid_not_found_404", NotFound, "ERR_UID_NOT_FOUND"),
-        ("bot_not_found_404", NotFound, "ERR_BOT_NOT_FOUND"),
-    ],
-)
-def test_client_errors_are_typed_and_never_retried(sample, error_class, code, client, httpserver, api_answer, sleeps):
-    status, headers, answer = api_answer(sample)
-    httpserver.expect_request(f"/v3{PATH}").respond_with_json(answer, status=status, headers=headers)
-    with pytest.raises(error_class) as caught:
-        client.send(request())
-    assert (caught.value.code, caught.value.status) == (code, status)
-    assert not caught.value.retryable
+def test_attempt_is_one_try(client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500")
+    with pytest.raises(ServerError):
+        client.attempt(send_request())
     assert len(httpserver.log) == 1 and sleeps == []
 
 
-def test_429_honours_retry_after_then_succeeds(client, httpserver, api_answer, sleeps):
-    status, headers, answer = api_answer("rate_limited_429")
-    ok_status, _, ok = api_answer("send_ok_200")
-    httpserver.expect_ordered_request(f"/v3{PATH}").respond_with_json(answer, status=status, headers=headers)
-    httpserver.expect_ordered_request(f"/v3{PATH}").respond_with_json(ok, status=ok_status)
-    assert client.send(request()) == ok["data"]
+def test_from_settings_uses_the_api_url_key_and_retry_settings(httpserver, api_answer):
+    settings = Settings(
+        api_key=API_KEY,
+        bot_uid=BOT_UID,
+        api_url=httpserver.url_for("/v3") + "/",
+        callback_username="u",
+        callback_password="p",
+        max_retries=1,
+        max_retry_wait=0.5,
+    )
+    waits: list[float] = []
+    client = CometChatClient.from_settings(settings, sleep=waits.append)
+    respond_with_sample(httpserver, api_answer, "rate_limited_429")  # Retry-After: 15, capped at 0.5
+    try:
+        with pytest.raises(RateLimited):
+            client.send(send_request())
+    finally:
+        client.close()
+    assert httpserver.log[0][0].path == SEND_PATH and httpserver.log[0][0].headers["apikey"] == API_KEY
+    assert len(httpserver.log) == 2  # one retry
+    assert len(waits) == 1 and 0.5 <= waits[0] <= 0.6
+
+
+def test_success_without_a_data_envelope_is_returned_as_is(client, httpserver):
+    httpserver.expect_request(SEND_PATH).respond_with_json({"id": "1"})
+    assert client.attempt(send_request()) == {"id": "1"}
+
+
+# ------------------------------------------------------------------ errors
+
+
+def test_the_error_table_covers_every_sample_answer():
+    samples = {path.stem for path in (DATA / "api").glob("*.json")}
+    assert samples == set(ERROR_SAMPLES) | {"send_ok_200"}
+
+
+@pytest.mark.parametrize(("sample", "expected"), ERROR_SAMPLES.items(), ids=list(ERROR_SAMPLES))
+def test_each_error_answer_is_a_typed_error_with_cometchats_code(sample, expected, client, httpserver, api_answer):
+    status, error_class, code, retryable = expected
+    respond_with_sample(httpserver, api_answer, sample)
+    with pytest.raises(CometChatError) as caught:
+        client.attempt(send_request())
+    error = caught.value
+    assert type(error) is error_class
+    assert (error.status, error.code, error.retryable) == (status, code, retryable)
+    assert error.message == api_answer(sample)[2]["error"]["message"]
+    assert code in str(error) and str(status) in str(error)
+
+
+@pytest.mark.parametrize("sample", NOT_RETRIED)
+def test_client_errors_are_never_retried(sample, client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, sample)
+    with pytest.raises(CometChatError) as caught:
+        client.send(send_request())
+    assert caught.value.code == ERROR_SAMPLES[sample][2]
+    assert len(httpserver.log) == 1  # one attempt only
+    assert sleeps == []
+
+
+@pytest.mark.parametrize(
+    ("status", "error_class", "retryable"),
+    [(502, ServerError, True), (503, ServerError, True), (409, CometChatError, False), (422, CometChatError, False)],
+)
+def test_an_error_page_that_is_not_json_still_gives_a_typed_error(status, error_class, retryable, client, httpserver):
+    httpserver.expect_request(SEND_PATH).respond_with_response(Response("<html>oops</html>", status=status))
+    with pytest.raises(CometChatError) as caught:
+        client.attempt(send_request())
+    assert type(caught.value) is error_class
+    assert (caught.value.status, caught.value.code, caught.value.retryable) == (status, f"HTTP_{status}", retryable)
+
+
+# ------------------------------------------------------------------ retries
+
+
+def test_429_waits_for_retry_after_then_succeeds(client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "rate_limited_429", ordered=True)
+    respond_with_sample(httpserver, api_answer, "send_ok_200", ordered=True)
+    assert client.send(send_request()) == api_answer("send_ok_200")[2]["data"]
     assert len(httpserver.log) == 2
     [wait] = sleeps
-    assert 15 <= wait <= 15 + 0.1 * client.retry.base_delay  # the sample says Retry-After: 15
+    assert 15 <= wait <= 15 + 0.1 * client.retry.base_delay  # the sample says Retry-After: 15 (plus a little jitter)
 
 
-def test_429_error_carries_code_and_retry_after(client, httpserver, api_answer):
-    status, headers, answer = api_answer("rate_limited_429")
-    httpserver.expect_request(f"/v3{PATH}").respond_with_json(answer, status=status, headers=headers)
-    with pytest.raises(RateLimited) as caught:
-        client.attempt(request())
-    assert (caught.value.code, caught.value.retry_after, caught.value.retryable) == ("ERR_TOO_MANY_REQUESTS", 15, True)
+def test_429_really_waits_a_short_retry_after(make_client, httpserver):
+    """Without an injected sleep: the second attempt comes no sooner than Retry-After."""
+    arrivals: list[float] = []
+    answers = iter(
+        [
+            Response(json.dumps({"error": {"code": "ERR_TOO_MANY_REQUESTS"}}), 429, {"Retry-After": "0.2"}),
+            Response(json.dumps({"data": {"id": "1"}}), 200, content_type="application/json"),
+        ]
+    )
 
+    def handler(request: Request) -> Response:
+        arrivals.append(time.monotonic())
+        return next(answers)
 
-def test_server_errors_are_retried_with_backoff_until_the_limit(client, httpserver, api_answer, sleeps):
-    status, _, answer = api_answer("server_error_500")
-    httpserver.expect_request(f"/v3{PATH}").respond_with_json(answer, status=status)
-    with pytest.raises(ServerError) as caught:
-        client.send(request())
-    assert caught.value.code == "ERR_MISSION_FAILED"
-    assert len(httpserver.log) == 4  # the first attempt and max_retries=3 retries
-    assert len(sleeps) == 3
-    assert all(0 <= wait <= client.retry.base_delay * 2**n for n, wait in enumerate(sleeps))  # full jitter
-
-
-def test_a_non_json_error_page_still_gives_a_typed_error(client, httpserver):
-    httpserver.expect_request(f"/v3{PATH}").respond_with_response(Response("<html>bad gateway</html>", status=502))
-    with pytest.raises(ServerError) as caught:
-        client.attempt(request())
-    assert caught.value.status == 502 and caught.value.retryable
-
-
-def test_network_errors_are_transport_errors_and_retried(sleeps):
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    retry = RetryPolicy(max_retries=2)
-    client = CometChatClient(f"http://127.0.0.1:{port}/v3", API_KEY, retry=retry, sleep=sleeps.append)
-    with pytest.raises(TransportError) as caught:
-        client.send(request())
-    assert caught.value.retryable
-    assert len(sleeps) == 2
-    client.close()
-
-
-def test_the_api_key_is_never_logged_nor_in_errors(client, httpserver, api_answer, caplog):
-    status, _, answer = api_answer("server_error_500")
-    httpserver.expect_request(f"/v3{PATH}").respond_with_json(answer, status=status)
-    caplog.set_level(logging.DEBUG)
-    with pytest.raises(ServerError) as caught:
-        client.send(request())
-    assert caplog.records, "retries are logged"
-    assert API_KEY not in caplog.text
-    assert API_KEY not in str(caught.value) and API_KEY not in repr(caught.value)
+    httpserver.expect_request(SEND_PATH).respond_with_handler(handler)
+    client = CometChatClient(httpserver.url_for("/v3"), API_KEY, retry=RetryPolicy(max_retries=2, base_delay=0.01))
+    try:
+        assert client.send(send_request()) == {"id": "1"}
+    finally:
+        client.close()
+    assert len(arrivals) == 2
+    assert arrivals[1] - arrivals[0] >= 0.2
 
 
 @pytest.mark.parametrize(
     ("headers", "expected"),
     [
         (lambda now: {"Retry-After": "3"}, 3.0),
-        (lambda now: {"X-RateLimit-Reset": str(int(now) + 8)}, 7.5),  # CometChat's other spelling (PLATFORM.md 4.5)
+        (lambda now: {"Retry-After": formatdate(now + 8, usegmt=True)}, 7.5),  # an HTTP date
+        (lambda now: {"X-Rate-Limit-Reset": str(int(now) + 8)}, 7.5),  # PLATFORM.md 4.5 spelling ...
+        (lambda now: {"X-RateLimit-Reset": str(int(now) + 8)}, 7.5),  # ... and the newer one
+        (lambda now: {"Retry-After": "-5"}, 0.0),
         (lambda now: {}, None),
     ],
-    ids=["retry-after", "reset-header", "none"],
+    ids=["seconds", "http-date", "x-rate-limit-reset", "x-ratelimit-reset", "negative", "none"],
 )
-def test_rate_limit_wait_from_headers(headers, expected, client, httpserver):
-    answer = {"error": {"code": "ERR_TOO_MANY_REQUESTS"}}
-    httpserver.expect_request(f"/v3{PATH}").respond_with_json(answer, 429, headers(time.time()))
+def test_429_wait_is_read_from_the_headers(headers, expected, client, httpserver):
+    answer = {"error": {"code": "ERR_TOO_MANY_REQUESTS", "message": "slow down"}}
+    httpserver.expect_request(SEND_PATH).respond_with_json(answer, 429, headers(time.time()))
     with pytest.raises(RateLimited) as caught:
-        client.attempt(request())
+        client.attempt(send_request())
     if expected is None:
         assert caught.value.retry_after is None
     else:
-        assert expected - 1 <= caught.value.retry_after <= expected + 0.5
+        assert expected - 1.5 <= caught.value.retry_after <= expected + 0.5
 
 
-def test_other_methods_and_a_body_free_request_after_a_post(client, httpserver):
-    httpserver.expect_ordered_request(f"/v3{PATH}", method="POST").respond_with_json({"data": {"id": "1"}})
+def test_a_huge_retry_after_is_capped(make_client, httpserver, sleeps):
+    httpserver.expect_request(SEND_PATH).respond_with_json(
+        {"error": {"code": "ERR_TOO_MANY_REQUESTS"}}, 429, {"Retry-After": "86400"}
+    )
+    client = make_client(max_retries=1, max_retry_after=2.0)
+    with pytest.raises(RateLimited):
+        client.send(send_request())
+    assert len(sleeps) == 1 and 2.0 <= sleeps[0] <= 2.0 + 0.1 * client.retry.base_delay
+
+
+def test_a_503_with_retry_after_waits_that_long(client, httpserver, sleeps):
+    httpserver.expect_ordered_request(SEND_PATH).respond_with_json({"error": {}}, 503, {"Retry-After": "4"})
+    httpserver.expect_ordered_request(SEND_PATH).respond_with_json({"data": {"id": "2"}})
+    assert client.send(send_request()) == {"id": "2"}
+    assert len(sleeps) == 1 and 4 <= sleeps[0] < 4.1
+
+
+def test_server_errors_are_retried_with_jittered_backoff_until_the_limit(client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500")
+    with pytest.raises(ServerError) as caught:
+        client.send(send_request())
+    assert caught.value.code == "ERR_MISSION_FAILED"
+    assert len(httpserver.log) == 4  # the first attempt and max_retries=3 retries
+    assert len(sleeps) == 3
+    assert all(0 <= wait <= client.retry.base_delay * 2**n for n, wait in enumerate(sleeps))  # "full jitter"
+
+
+def test_a_retry_that_succeeds_returns_the_created_message(client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500", ordered=True)
+    respond_with_sample(httpserver, api_answer, "server_error_500", ordered=True)
+    respond_with_sample(httpserver, api_answer, "send_ok_200", ordered=True)
+    assert client.send(send_request())["id"] == "9100"
+    assert len(httpserver.log) == 3 and len(sleeps) == 2
+    bodies = {request.get_data() for request, _ in httpserver.log}
+    assert len(bodies) == 1  # every attempt carries the same body (and muid)
+
+
+def test_giving_up_raises_the_last_error(make_client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500", ordered=True)
+    respond_with_sample(httpserver, api_answer, "rate_limited_429", ordered=True)
+    httpserver.expect_ordered_request(SEND_PATH).respond_with_json({"error": {"code": "ERR_EXCEPTION"}}, 502)
+    with pytest.raises(ServerError) as caught:
+        make_client(max_retries=2).send(send_request())
+    assert (caught.value.status, caught.value.code) == (502, "ERR_EXCEPTION")
+    assert len(httpserver.log) == 3 and len(sleeps) == 2
+    assert 15 <= sleeps[1] < 16  # the wait after the 429 was its Retry-After
+
+
+def test_a_retryable_error_then_a_permanent_one_stops_at_once(client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500", ordered=True)
+    respond_with_sample(httpserver, api_answer, "not_a_member_403", ordered=True)
+    with pytest.raises(Forbidden):
+        client.send(send_request())
+    assert len(httpserver.log) == 2 and len(sleeps) == 1
+
+
+def test_no_retries_when_max_retries_is_zero(make_client, httpserver, api_answer, sleeps):
+    respond_with_sample(httpserver, api_answer, "server_error_500")
+    with pytest.raises(ServerError):
+        make_client(max_retries=0).send(send_request())
+    assert len(httpserver.log) == 1 and sleeps == []
+
+
+def test_connection_refused_is_a_transport_error_and_retried(make_client, sleeps, caplog):
+    client = make_client(max_retries=2, base_url=f"http://127.0.0.1:{closed_port()}/v3")
+    with caplog.at_level(logging.WARNING, logger="bot.client"), pytest.raises(TransportError) as caught:
+        client.send(send_request())
+    error = caught.value
+    assert (error.status, error.code, error.retryable) == (0, "ERR_TRANSPORT", True)
+    assert len(sleeps) == 2  # 3 attempts: the first and 2 retries
+    assert [r.getMessage().split(";")[0] for r in caplog.records] == ["send failed with ERR_TRANSPORT"] * 2
+
+
+def test_a_connection_error_does_not_break_the_next_request(make_client, httpserver, api_answer):
+    """The curl handle of a failed transfer is dropped; the next request on the thread gets a fresh one."""
+    client = make_client(max_retries=0, base_url=f"http://127.0.0.1:{closed_port()}/v3")
+    with pytest.raises(TransportError):
+        client.attempt(send_request())
+    client.base_url = httpserver.url_for("/v3")
+    respond_with_sample(httpserver, api_answer, "send_ok_200")
+    assert client.attempt(send_request())["id"] == "9100"
+
+
+def test_a_timeout_is_a_transport_error(make_client, httpserver, sleeps):
+    release = threading.Event()
+
+    def stall(request: Request) -> Response:
+        release.wait(5)
+        return Response("{}", 200)
+
+    httpserver.expect_request(SEND_PATH).respond_with_handler(stall)
+    client = make_client(max_retries=0, timeout=0.3)
+    started = time.monotonic()
+    try:
+        with pytest.raises(TransportError) as caught:
+            client.send(send_request())
+    finally:
+        release.set()
+    assert caught.value.retryable
+    assert time.monotonic() - started < 4  # gave up at its timeout, not when the server answered
+
+
+# ------------------------------------------------------------------ the API key stays secret
+
+
+@pytest.mark.parametrize("sample", list(ERROR_SAMPLES))
+def test_the_api_key_is_in_no_log_and_no_error(sample, make_client, httpserver, api_answer, caplog):
+    respond_with_sample(httpserver, api_answer, sample)
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(CometChatError) as caught:
+        make_client(max_retries=2).send(send_request())
+    if ERROR_SAMPLES[sample][3]:
+        assert caplog.records, "retries are logged"
+    assert API_KEY not in caplog.text
+    error = caught.value
+    assert all(API_KEY not in text for text in (str(error), repr(error), error.message, repr(error.args)))
+
+
+def test_the_api_key_is_not_in_transport_errors_nor_their_logs(make_client, caplog):
+    caplog.set_level(logging.DEBUG)
+    with pytest.raises(TransportError) as caught:
+        make_client(max_retries=1, base_url=f"http://127.0.0.1:{closed_port()}/v3").send(send_request())
+    assert caplog.records
+    assert API_KEY not in caplog.text and API_KEY not in str(caught.value) and API_KEY not in repr(caught.value)
+
+
+def test_the_api_key_is_not_in_the_reprs_of_client_and_settings(client):
+    settings = Settings(api_key=API_KEY, bot_uid=BOT_UID, api_url="http://x", allow_unauthenticated_callbacks=True)
+    assert API_KEY not in repr(client) and API_KEY not in repr(settings)
+
+
+# ------------------------------------------------------------------ other requests
+
+
+def test_a_get_after_a_post_sends_no_body(client, httpserver):
+    httpserver.expect_ordered_request(SEND_PATH, method="POST").respond_with_json({"data": {"id": "1"}})
     httpserver.expect_ordered_request(f"/v3/bots/{BOT_UID}", method="GET").respond_with_json({"data": {"uid": BOT_UID}})
-    client.attempt(request())
+    client.attempt(send_request())
     assert client.request("GET", f"/bots/{BOT_UID}") == {"uid": BOT_UID}
     get = httpserver.log[1][0]
     assert get.method == "GET" and get.get_data() == b""  # the handle forgot the previous POST body
+    assert get.headers["apikey"] == API_KEY
 
 
-def test_local_sender_records_and_prints(capsys):
+def test_one_client_can_be_shared_by_threads(client, httpserver):
+    httpserver.expect_request(SEND_PATH).respond_with_json({"data": {"id": "1"}})
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            for _ in range(5):
+                client.attempt(send_request())
+        except BaseException as exc:  # noqa: BLE001 - reported to the test thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert errors == [] and not any(thread.is_alive() for thread in threads)
+    assert len(httpserver.log) == 20
+
+
+# ------------------------------------------------------------------ local mode
+
+
+def test_local_sender_records_and_prints_each_reply(capsys):
     sender = LocalSender()
-    created = sender.attempt(request())
-    assert created["id"].startswith("local-")
-    assert list(sender.sent) == [request()] and sender.total == 1
-    assert "[bot -> user alice] hé" in capsys.readouterr().out
+    text = send_request()
+    custom = send_request({**BODY, "category": "custom", "type": "location", "data": {"customData": {"lat": 1}}})
+    first, second = sender.attempt(text), sender.send(custom)
+    assert (first["id"], second["id"]) == ("local-1", "local-2")
+    assert first["receiver"] == "alice" and first["data"] == {"text": "hé"}
+    assert list(sender.sent) == [text, custom] and sender.total == 2
+    out = capsys.readouterr().out.splitlines()
+    assert out == ["[bot -> user alice] hé", '[bot -> user alice] {"customData": {"lat": 1}}']
+
+
+def test_local_sender_keeps_only_its_history_but_counts_everything(capsys):
+    sender = LocalSender(history=2, echo=False)
+    requests = [send_request({**BODY, "data": {"text": str(n)}}) for n in range(5)]
+    for request in requests:
+        sender.attempt(request)
+    assert list(sender.sent) == requests[-2:]
+    assert sender.total == 5
+    assert capsys.readouterr().out == ""  # echo=False prints nothing
+
+
+def test_local_sender_is_safe_from_several_threads():
+    sender = LocalSender(echo=False)
+    threads = [threading.Thread(target=lambda: [sender.attempt(send_request()) for _ in range(50)]) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sender.total == 200 and len(sender.sent) == 200
