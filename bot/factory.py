@@ -21,6 +21,7 @@ from .blueprint import create_blueprint
 from .cli import bot_cli
 from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
+from .health import create_health_blueprint
 from .journal import Journal, RateLimit
 from .pipeline import Pipeline, PipelineOptions
 from .redis_queue import RedisDelivery
@@ -81,6 +82,7 @@ def build_app(
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
     app.register_blueprint(create_blueprint(settings, delivery.dispatcher, delivery.submit))
+    app.register_blueprint(create_health_blueprint(delivery))
     app.register_error_handler(HTTPException, _json_http_error)
     app.cli.add_command(bot_cli)
     delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork

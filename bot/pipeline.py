@@ -43,7 +43,7 @@ from typing import ClassVar, Generic, TypeVar
 from .client import RetryPolicy, Sender
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
-from .journal import InboxItem, Journal, OutboxItem
+from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .replies import SendRequest
 from .routing import Router
@@ -454,6 +454,10 @@ class Pipeline:
             self._wake.set()
             with self._lock:
                 self._idle.wait(0.02)
+
+    def depth(self) -> Depth:
+        """What the journal holds: messages and replies waiting or running, dead letters."""
+        return self.journal.depth()
 
     def dead_letters(self, limit: int = 100) -> list[dict]:
         """Replies (and messages) that failed for good, newest first: what ``flask bot dead-letters`` lists."""

@@ -274,3 +274,22 @@ def test_flask_bot_dead_letters_lists_and_retries_replies_that_failed_for_good(
     assert cli.invoke(args=["bot", "dead-letters"]).output.strip() == "no dead letters"
     result = cli.invoke(args=["bot", "dead-letters", "retry", letter_id])
     assert result.exit_code != 0 and f"no dead reply with id {letter_id}" in result.output
+
+
+def test_health_and_readiness(live_app, tmp_path):
+    client = live_app.test_client()
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.get_json()["status"] == "ready" and ready.get_json()["depth"]["inbox"] == 0
+
+
+def test_not_ready_when_the_journal_cannot_be_read(live_settings, tmp_path):
+    app = app_module.create_app({**live_settings, "JOURNAL_PATH": str(tmp_path / "journal.sqlite3")})
+    bot_app(app).close(0)  # stop the background threads before taking their journal away
+    bot_app(app).delivery.journal.close()
+    (tmp_path / "journal.sqlite3").unlink()
+    (tmp_path / "journal.sqlite3").mkdir()  # a directory where the database was: nothing can open it
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json()["status"] == "unavailable"
