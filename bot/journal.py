@@ -342,10 +342,15 @@ class Journal:
         return self.finish_inbox(item)
 
     def release(self, inbox: Sequence[InboxItem] = (), outbox: Sequence[OutboxItem] = ()) -> None:
-        """Give claimed rows back (shutdown): another process, or the next start, takes them."""
+        """Give claimed rows back (shutdown): another process, or the next start, takes them.
+
+        The messages were never started, so their claim does not count as an
+        attempt (attempts count handler runs that a crash cut short).
+        """
         with self._write() as con:
             con.executemany(
-                "UPDATE inbox SET owner = NULL WHERE seq = ? AND owner = ?", [(i.seq, self.owner) for i in inbox]
+                "UPDATE inbox SET owner = NULL, attempts = max(attempts - 1, 0) WHERE seq = ? AND owner = ?",
+                [(i.seq, self.owner) for i in inbox],
             )
             con.executemany(
                 "UPDATE outbox SET owner = NULL WHERE seq = ? AND owner = ?", [(o.seq, self.owner) for o in outbox]
