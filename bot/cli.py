@@ -25,6 +25,25 @@ def routes() -> None:
         click.echo(f"{n:3}  {kind:8}  {route.filter.describe():45}  {route.name}  [{router.name}]")
 
 
+@bot_cli.command("say")
+@click.argument("text")
+@click.option("--as", "sender", default="alice", show_default=True, help="The uid of the user who sends it.")
+@click.option("--group", default=None, help="Send it to this group (guid) instead of 1:1 to the bot.")
+def say(text: str, sender: str, group: str | None) -> None:
+    """Run one message through the handlers and print the replies (nothing is sent to CometChat)."""
+    from .testing import BotTestClient, make_callback
+
+    state = _state()
+    bot_uid = state.settings.bot_uid or "bot"
+    with BotTestClient.for_routers(state.router) as client:
+        replies = client.send_payload(make_callback(text, sender=sender, group=group, bot=bot_uid))
+    if not replies:
+        click.echo("(no reply)")
+    for reply in replies:
+        shown = reply.text if reply.text is not None else json.dumps(reply.body["data"], ensure_ascii=False)
+        click.echo(f"[{reply.type} -> {reply.receiver_type} {reply.receiver}] {shown}")
+
+
 @bot_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
 def worker(burst: bool) -> None:

@@ -293,3 +293,19 @@ def test_not_ready_when_the_journal_cannot_be_read(live_settings, tmp_path):
     response = app.test_client().get("/readyz")
     assert response.status_code == 503
     assert response.get_json()["status"] == "unavailable"
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["/weather Paris"], "[text -> user alice] Sunny in Paris today, 19°C."),
+        (["hello", "--as", "bob"], "[text -> user bob] Hello Bob! Type /help"),
+        (["deploy status?", "--group", "ops"], "(no reply)"),
+    ],
+)
+def test_flask_bot_say_runs_one_message_through_the_handlers(args, expected, live_settings, httpserver):
+    app = app_module.create_app(live_settings)
+    result = app.test_cli_runner().invoke(args=["bot", "say", *args])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0].startswith(expected)
+    assert bot_app(app).wait_idle(5) and httpserver.log == []  # nothing went to CometChat
