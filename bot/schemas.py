@@ -247,7 +247,7 @@ def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
         sender=sender,
         receiver=m["receiver"],
         receiver_type=m["receiverType"],
-        conversation_id=m["conversationId"],
+        conversation_id=m["conversationId"] or _conversation_id(m),
         text=normalise_mentions(raw_text, bot, mentioned) if raw_text else "",
         raw_text=raw_text,
         attachments=tuple(
@@ -264,6 +264,15 @@ def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
         trigger=trigger,
         raw=raw,
     )
+
+
+def _conversation_id(m: dict) -> str:
+    """CometChat's conversation id, for a callback that leaves it out: ``group_<guid>``, or the two uids
+    sorted around ``_user_`` (PLATFORM.md 2.2, 2.3: ``alice_user_helpdesk-bot``). Lanes and logs key on it."""
+    if m["receiverType"] == "group":
+        return f"group_{m['receiver']}"
+    first, second = sorted((m["sender"], m["receiver"]))
+    return f"{first}_user_{second}"
 
 
 def _entity(wrapper: Any) -> dict:

@@ -111,3 +111,19 @@ def test_unknown_triggers_parse_without_a_message(trigger, payload):
     body = payload("text_user")
     body["trigger"] = trigger
     assert parse_callback(body, bot_uid=BOT_UID).message is None
+
+
+@pytest.mark.parametrize(
+    ("change", "expected"),
+    [
+        ({}, "alice_user_helpdesk-bot"),
+        ({"receiverType": "group", "receiver": "ops"}, "group_ops"),
+        ({"sender": "zoe"}, "helpdesk-bot_user_zoe"),
+    ],
+)
+def test_a_missing_conversation_id_is_derived(change, expected, payload):
+    """Without it every such message would share one lane (one conversation) and be handled one at a time."""
+    body = payload("text_user")
+    del body["data"]["conversationId"]
+    body["data"].update(change)
+    assert parse_callback(body, bot_uid=BOT_UID).message.conversation_id == expected
