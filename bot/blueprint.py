@@ -13,13 +13,14 @@ import json
 import logging
 from collections.abc import Callable
 
-from flask import Blueprint, Response, jsonify, request
+from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from .auth import BasicAuth
 from .dispatch import Dispatcher
 from .errors import CallbackError, InvalidJSON, Unauthorized, UnsupportedMediaType
 from .message import Message
+from .metrics import Metrics
 from .schemas import parse_callback
 from .settings import Settings
 
@@ -29,7 +30,7 @@ log = logging.getLogger(__name__)
 Submit = Callable[[Message, bytes], str]
 
 
-def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit) -> Blueprint:
+def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit, metrics: Metrics) -> Blueprint:
     """The callback endpoint at ``settings.callback_path``; accepted messages go to ``submit``."""
     bp = Blueprint("cometchat", __name__)
     auth = BasicAuth(settings.callback_username, settings.callback_password) if settings.callback_auth_enabled else None
@@ -41,6 +42,12 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit)
         if isinstance(error, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Basic realm="cometchat-bot", charset="UTF-8"'
         log.info("callback rejected (%d %s): %s", error.status, error.code, error.message)
+        return response
+
+    @bp.after_request
+    def count(response: Response) -> Response:
+        # Rejections (4xx, 503) are counted by status: some never reach the view (413 while reading, 405).
+        metrics.callbacks.labels(g.pop("callback_outcome", None) or f"rejected_{response.status_code}").inc()
         return response
 
     @bp.post(settings.callback_path)
@@ -61,11 +68,13 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit)
         reason = dispatcher.screen(cb)
         if reason:
             log.debug("callback ignored: %s", reason)
+            g.callback_outcome = "ignored"
             return jsonify(status="ignored", reason=reason)
         assert cb.message is not None  # screen() passes only callbacks with a message
         status = submit(cb.message, data)
         if status == "duplicate":
             log.info("message %s in %s: delivered again; already accepted", cb.message.id, cb.message.conversation_id)
+        g.callback_outcome = status
         return jsonify(status=status, message_id=cb.message.id)
 
     return bp

@@ -23,6 +23,7 @@ from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
 from .health import create_health_blueprint
 from .journal import Journal, RateLimit
+from .metrics import MeteredSender, Metrics
 from .pipeline import Pipeline, PipelineOptions
 from .redis_queue import RedisDelivery
 from .routing import Router
@@ -41,6 +42,7 @@ class BotApp:
     router: Router
     sender: Sender
     delivery: Pipeline | RedisDelivery  # embedded journal + threads, or Redis + RQ workers
+    metrics: Metrics
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -76,20 +78,22 @@ def build_app(
         else:
             log.warning("local mode: no CometChat credentials configured; replies are printed, not sent")
             sender = LocalSender()
-    delivery = _delivery(settings, root, sender)
-    state = BotApp(settings, root, sender, delivery)
+    metrics = Metrics()
+    delivery = _delivery(settings, root, MeteredSender(sender, metrics), metrics)
+    metrics.depth = delivery.depth
+    state = BotApp(settings, root, sender, delivery, metrics)
 
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
-    app.register_blueprint(create_blueprint(settings, delivery.dispatcher, delivery.submit))
-    app.register_blueprint(create_health_blueprint(delivery))
+    app.register_blueprint(create_blueprint(settings, delivery.dispatcher, delivery.submit, metrics))
+    app.register_blueprint(create_health_blueprint(delivery, metrics))
     app.register_error_handler(HTTPException, _json_http_error)
     app.cli.add_command(bot_cli)
     delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
     return app
 
 
-def _delivery(settings: Settings, router: Router, sender: Sender) -> Pipeline | RedisDelivery:
+def _delivery(settings: Settings, router: Router, sender: Sender, metrics: Metrics) -> Pipeline | RedisDelivery:
     retry = RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait)
     rate_limit = RateLimit.parse(settings.rate_limit)
     if settings.redis_url:
@@ -101,6 +105,7 @@ def _delivery(settings: Settings, router: Router, sender: Sender) -> Pipeline | 
             dedup_ttl=settings.dedup_ttl,
             retry=retry,
             rate_limit=rate_limit,
+            metrics=metrics,
         )
     journal = Journal(
         settings.journal_path, dedup_ttl=settings.dedup_ttl, rate_limit=rate_limit, synchronous=settings.journal_sync
@@ -110,7 +115,7 @@ def _delivery(settings: Settings, router: Router, sender: Sender) -> Pipeline | 
         sender_threads=settings.sender_threads,
         drain_timeout=settings.drain_timeout,
     )
-    return Pipeline(journal, router, sender, bot_uid=settings.bot_uid, retry=retry, options=options)
+    return Pipeline(journal, router, sender, bot_uid=settings.bot_uid, retry=retry, options=options, metrics=metrics)
 
 
 def bot_app(app: Flask) -> BotApp:

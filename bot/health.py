@@ -1,4 +1,4 @@
-"""Health endpoints for the platform's probes: ``/healthz`` (the process answers) and ``/readyz`` (it can accept).
+"""Operations endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can accept), ``/metrics``.
 
 ``/readyz`` touches what a callback needs (the journal, or Redis) and reports the
 queue depth, so an operator or a load balancer sees a backlog or a broken store
@@ -12,16 +12,17 @@ import logging
 import sqlite3
 from typing import Any
 
-from flask import Blueprint, jsonify
+from flask import Blueprint, Response, jsonify
 from redis import RedisError
 
+from .metrics import Metrics
 from .pipeline import Pipeline
 from .redis_queue import RedisDelivery
 
 log = logging.getLogger(__name__)
 
 
-def create_health_blueprint(delivery: Pipeline | RedisDelivery) -> Blueprint:
+def create_health_blueprint(delivery: Pipeline | RedisDelivery, metrics: Metrics) -> Blueprint:
     bp = Blueprint("health", __name__)
 
     @bp.get("/healthz")
@@ -37,5 +38,13 @@ def create_health_blueprint(delivery: Pipeline | RedisDelivery) -> Blueprint:
             return jsonify(status="unavailable", error=f"{type(exc).__name__}: {exc}"), 503
         store = "redis" if isinstance(delivery, RedisDelivery) else "journal"
         return jsonify(status="ready", store=store, depth=dataclasses.asdict(depth))
+
+    @bp.get("/metrics")
+    def prometheus() -> Response:
+        try:
+            body, content_type = metrics.render()
+        except (sqlite3.Error, RedisError, OSError) as exc:  # the queue depth could not be read
+            return jsonify(status="unavailable", error=f"{type(exc).__name__}: {exc}"), 503
+        return Response(body, content_type=content_type)
 
     return bp

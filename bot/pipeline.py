@@ -45,6 +45,7 @@ from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
 from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
+from .metrics import Metrics
 from .replies import SendRequest
 from .routing import Router
 from .schemas import parse_callback
@@ -79,8 +80,10 @@ class Pipeline:
         bot_uid: str = "",
         retry: RetryPolicy | None = None,
         options: PipelineOptions | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.journal = journal
+        self.metrics = metrics or Metrics()
         self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
         self.sender = sender
         self.retry = retry or RetryPolicy()
@@ -245,6 +248,7 @@ class Pipeline:
             finally:
                 self._current.handling = None
             self.stats.count(outcome.status)
+            self.metrics.handled(outcome)
             log.info(
                 "message %s in %s: %s by %s, %d replies queued, handled in %.1f ms",
                 outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",
@@ -312,6 +316,7 @@ class Pipeline:
             self._note_retry(due)
             return
         self.stats.sent(time.time() - item.accepted_at)
+        self.metrics.delivered(item.accepted_at)
 
     def _note_retry(self, due: float) -> None:
         if due < self._retry_at:
@@ -351,6 +356,7 @@ class Pipeline:
             self._note_retry(due)
             return None
         self.stats.sent(time.time() - item.accepted_at)
+        self.metrics.delivered(item.accepted_at)
         return self.journal.finish_reply(item)
 
     # ------------------------------------------------------------ claimer

@@ -44,6 +44,7 @@ from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
 from .journal import RateLimit
 from .message import Message
+from .metrics import Metrics
 from .replies import SendRequest
 from .routing import Router
 from .schemas import parse_callback
@@ -96,8 +97,10 @@ class RedisDelivery:
         dedup_ttl: float = 3600.0,
         retry: RetryPolicy | None = None,
         rate_limit: RateLimit | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.redis = Redis.from_url(redis_url)
+        self.metrics = metrics or Metrics()
         self.queue = Queue(QUEUE, connection=self.redis)
         self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
         self.sender = sender
@@ -159,6 +162,7 @@ class RedisDelivery:
         if msg is None:
             return "no message"
         outcome = self.dispatcher.handle(msg)
+        self.metrics.handled(outcome)
         log.info(
             "message %s in %s: %s by %s, %d replies, %.1f ms",
             outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",

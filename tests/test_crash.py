@@ -191,3 +191,22 @@ def test_sigterm_drains_in_flight_replies(fake, env, tmp_path):
     assert sorted(texts) == sorted(expected for _, _, expected in messages)
     for u in range(3):
         assert [t for t in texts if f"City{u}x" in t] == [e for user, _, e in messages if user == f"user{u}"]
+
+
+def test_metrics_sum_over_gunicorn_workers(fake, env, tmp_path):
+    """With PROMETHEUS_MULTIPROC_DIR, /metrics counts the callbacks of every worker process, whichever answers."""
+    (tmp_path / "prom").mkdir()
+    env = {**env, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "prom")}
+    fake.gate.set()
+    messages = conversation_messages(n_users=5, per_user=4)
+    server = Gunicorn(env, tmp_path / "gunicorn.log")
+    try:
+        assert [server.post(body) for _, body, _ in messages] == [200] * len(messages)
+        assert wait_for(lambda: len(fake.texts()) >= len(messages), 20)
+        text = server.http.request("GET", server.url + "/metrics", timeout=10).data.decode()
+    finally:
+        server.terminate()
+    accepted = [
+        line for line in text.splitlines() if line.startswith('cometchat_bot_callbacks_total{outcome="accepted"}')
+    ]
+    assert [float(line.split()[-1]) for line in accepted] == [len(messages)]

@@ -1,0 +1,108 @@
+"""Prometheus metrics (prometheus-client): what an operator watches on a busy bot.
+
+One :class:`Metrics` per app, on a registry of its own (no global state for
+tests to reset). Counters and histograms are updated where things happen:
+the blueprint (callbacks by outcome), the dispatcher's outcomes (handler
+time), :class:`MeteredSender` (each attempt to post a reply: time, errors by
+CometChat code) and the delivery (callback accepted -> reply accepted). Queue
+depth and dead letters are read from the journal (or Redis) when scraped, so
+they are right whichever process answers the scrape.
+
+Under gunicorn each worker process counts its own callbacks and sends; set
+``PROMETHEUS_MULTIPROC_DIR`` (an empty directory, before the app starts) to
+have ``/metrics`` sum them over all processes (prometheus-client's
+multiprocess mode).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.registry import Collector
+
+from .dispatch import Outcome
+from .errors import CometChatError
+from .replies import SendRequest
+
+PREFIX = "cometchat_bot"
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+
+
+class Metrics:
+    def __init__(self, depth: Callable[[], Any] | None = None) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.callbacks = Counter(f"{PREFIX}_callbacks", "Callbacks answered, by outcome", ["outcome"], registry=r)
+        self.handler_seconds = Histogram(
+            f"{PREFIX}_handler_seconds", "Time handling a message, by outcome", ["outcome"], registry=r,
+            buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.send_seconds = Histogram(
+            f"{PREFIX}_send_seconds", "One attempt to post a reply to CometChat", registry=r, buckets=LATENCY_BUCKETS
+        )
+        self.send_errors = Counter(
+            f"{PREFIX}_send_errors", "Failed attempts to post a reply, by CometChat error code", ["code"], registry=r
+        )
+        self.delivery_seconds = Histogram(
+            f"{PREFIX}_delivery_seconds", "From callback accepted to reply accepted by CometChat", registry=r,
+            buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.depth = depth  # queue depth source, set by the app once its delivery exists
+
+    def handled(self, outcome: Outcome) -> None:
+        self.handler_seconds.labels(outcome.status).observe(outcome.seconds)
+
+    def delivered(self, accepted_at: float) -> None:
+        self.delivery_seconds.observe(max(0.0, time.time() - accepted_at))
+
+    def render(self) -> tuple[bytes, str]:
+        """The exposition text for ``/metrics`` and its content type."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            registry = CollectorRegistry()
+            MultiProcessCollector(registry)
+        else:
+            registry = self.registry
+        if self.depth is not None:
+            registry = _WithDepth(registry, self.depth)
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _WithDepth(Collector):
+    """A registry's metrics plus the queue depth, read at scrape time."""
+
+    def __init__(self, registry: CollectorRegistry, depth: Callable[[], Any]) -> None:
+        self._registry, self._depth = registry, depth
+
+    def collect(self) -> Iterator[Any]:
+        yield from self._registry.collect()
+        gauge = GaugeMetricFamily(f"{PREFIX}_queue", "Messages and replies in the journal or Redis", labels=["state"])
+        for state, value in asdict(self._depth()).items():
+            gauge.add_metric([state], value)
+        yield gauge
+
+
+class MeteredSender:
+    """A sender that times each attempt and counts failures by CometChat's error code."""
+
+    def __init__(self, sender: Any, metrics: Metrics) -> None:
+        self.sender, self.metrics = sender, metrics
+
+    def attempt(self, request: SendRequest) -> dict[str, Any]:
+        started = time.perf_counter()
+        try:
+            return self.sender.attempt(request)
+        except CometChatError as error:
+            self.metrics.send_errors.labels(error.code).inc()
+            raise
+        finally:
+            self.metrics.send_seconds.observe(time.perf_counter() - started)
+
+    def __getattr__(self, name: str) -> Any:  # the wrapped sender's extras (LocalSender.sent, close, ...)
+        return getattr(self.sender, name)
