@@ -17,7 +17,7 @@ How the guarantees are kept, with the engine's own mechanisms:
 * **Nothing lost**: jobs are retried (``Retry``) when a handler's process
   dies; RQ moves a job whose worker was killed mid-job out of the started
   registry after its heartbeat expires and retries it (abandoned-job
-  handling). A reply's muid is recorded in Redis once CometChat accepted it,
+  handling, checked every ``MAINTENANCE_INTERVAL`` s). A reply's muid is recorded in Redis once CometChat accepted it,
   so a job that runs again does not send that reply twice.
 * **Flow control**: a reply is retried in its job, honouring ``Retry-After``,
   which keeps the conversation's later messages behind it; other
@@ -57,6 +57,10 @@ QUEUE = PREFIX
 #: A pointer never outlives its job: it is set at enqueue, the job expires this long after finishing.
 CHAIN_TTL = 3600
 JOB_TIMEOUT = 600
+#: How often a worker looks for jobs of workers that died (RQ's default, 10 minutes, would leave a killed
+#: worker's message and the rest of its conversation waiting that long). RQ considers a job abandoned once its
+#: worker's heartbeat is 90 s old, so a killed worker's job runs again within about two minutes.
+MAINTENANCE_INTERVAL = 30
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
 JOB_RETRIES = 3
 
@@ -258,7 +262,7 @@ class RedisDelivery:
         """Run an RQ worker for this app in the current process (``burst``: until the queue is empty)."""
         global _current
         _current = self
-        worker = SimpleWorker([self.queue], connection=self.redis, name=name)
+        worker = SimpleWorker([self.queue], connection=self.redis, name=name, maintenance_interval=MAINTENANCE_INTERVAL)
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
 
 
