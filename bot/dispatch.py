@@ -95,7 +95,12 @@ class Dispatcher:
             self._on_error(turn, resolution, error)
         if status == "replied" and turn.sent == 0:
             status = "no_reply"
-        return Outcome(msg.id, msg.conversation_id, handler, status, turn.sent, time.perf_counter() - started, code)
+        outcome = Outcome(msg.id, msg.conversation_id, handler, status, turn.sent, time.perf_counter() - started, code)
+        log.info(
+            "message %s in %s: %s by %s, %d replies, handled in %.1f ms",
+            msg.id, msg.conversation_id, status, handler, turn.sent, outcome.seconds * 1000,
+        )  # fmt: skip
+        return outcome
 
     def _on_error(self, turn: _Turn, resolution: Resolution, error: Exception) -> None:
         for hook in resolution.error_handlers():

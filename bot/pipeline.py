@@ -249,11 +249,6 @@ class Pipeline:
                 self._current.handling = None
             self.stats.count(outcome.status)
             self.metrics.handled(outcome)
-            log.info(
-                "message %s in %s: %s by %s, %d replies queued, handled in %.1f ms",
-                outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",
-                outcome.sent, outcome.seconds * 1000,
-            )  # fmt: skip
         return self.journal.finish_inbox(item)
 
     def deliver(self, request: SendRequest) -> None:

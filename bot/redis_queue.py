@@ -167,11 +167,6 @@ class RedisDelivery:
             return "no message"
         outcome = self.dispatcher.handle(msg)
         self.metrics.handled(outcome)
-        log.info(
-            "message %s in %s: %s by %s, %d replies, %.1f ms",
-            outcome.message_id, outcome.conversation_id, outcome.status, outcome.handler or "-",
-            outcome.sent, outcome.seconds * 1000,
-        )  # fmt: skip
         return outcome.status
 
     def deliver(self, request: SendRequest) -> None:

@@ -14,6 +14,7 @@ import logging
 import mimetypes
 import posixpath
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -31,7 +32,7 @@ MAX_TAGS, MAX_TAG_LENGTH = 25, 100
 _MUID_NAMESPACE = uuid.UUID("6f1c3f64-2f0e-4a53-9b55-8f2f7f3f8b10")
 
 
-class Reply:
+class Reply(ABC):
     """Base of reply objects. ``data()`` is the message's ``data``; ``category``/``type`` place it."""
 
     category: ClassVar[str] = "message"
@@ -39,8 +40,9 @@ class Reply:
     metadata: Mapping[str, Any] | None
     tags: Sequence[str]
 
+    @abstractmethod
     def data(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - every subclass defines it
+        """The message's ``data`` object (text, attachments or customData)."""
 
     def body(self, target: Target) -> dict[str, Any]:
         """The Send Bot Message body for ``target`` (without ``muid``, which the request adds)."""

@@ -21,52 +21,19 @@ from pathlib import Path
 import pytest
 import urllib3
 from conftest import API_KEY, BOT_UID, PASSWORD, USERNAME
-from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 from bot.testing import make_callback
 from bots.weather import forecast
+from tests.fakes import GatedCometChat
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
 
 
-class GatedCometChat:
-    """Send Bot Message fake: requests wait at a gate; only those that arrive once it is open are delivered."""
-
-    def __init__(self) -> None:
-        self.server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-        self.gate = threading.Event()
-        self.lock = threading.Lock()
-        self.delivered: list[dict] = []
-        self.attempts = 0
-        self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
-
-    def handle(self, request: Request) -> Response:
-        with self.lock:
-            self.attempts += 1
-        arrived_open = self.gate.is_set()
-        self.gate.wait(30)
-        if not arrived_open:  # its client was killed meanwhile (or will treat it as failed): not a delivery
-            return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
-        assert request.headers["apikey"] == API_KEY
-        with self.lock:
-            self.delivered.append(request.get_json())
-        return Response('{"data": {"id": "1"}}', content_type="application/json")
-
-    def texts(self) -> list[str]:
-        with self.lock:
-            return [body["data"]["text"] for body in self.delivered]
-
-
 @pytest.fixture
 def fake() -> Iterator[GatedCometChat]:
-    fake = GatedCometChat()
-    fake.server.start()
-    yield fake
-    fake.gate.set()
-    fake.server.clear()
-    fake.server.stop()
+    with GatedCometChat(open_gate=False) as fake:
+        yield fake
 
 
 class Gunicorn:

@@ -12,17 +12,14 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import API_KEY, BOT_UID
-from pytest_httpserver import HTTPServer
+from conftest import BOT_UID
 from redis import Redis
 from rq.registry import StartedJobRegistry
-from werkzeug import Request, Response
 
 import app as app_module
 from bot.factory import bot_app
@@ -30,6 +27,7 @@ from bot.journal import RateLimit
 from bot.redis_queue import _TAKE_TOKEN, PREFIX, RedisDelivery
 from bot.testing import make_callback
 from bots.weather import forecast
+from tests.fakes import GatedCometChat
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.redis
@@ -66,48 +64,10 @@ def redis_url(redis_server) -> str:
     return redis_server
 
 
-class RecordingCometChat:
-    """Threaded fake of the Send Bot Message API: records deliveries; `hold` makes requests wait."""
-
-    def __init__(self) -> None:
-        self.server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
-        self.lock = threading.Lock()
-        self.delivered: list[dict] = []
-        self.arrived = threading.Event()
-        self.release = threading.Event()
-        self.release.set()
-        self.status_for: dict[str, tuple[int, str]] = {}  # text -> (status, error code)
-        self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
-
-    def handle(self, request: Request) -> Response:
-        self.arrived.set()
-        released = self.release.is_set()
-        self.release.wait(30)
-        body = request.get_json()
-        text = body["data"].get("text", "")
-        if not released:
-            return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
-        if text in self.status_for:
-            status, code = self.status_for[text]
-            return Response(f'{{"error": {{"code": "{code}"}}}}', status=status, content_type="application/json")
-        assert request.headers["apikey"] == API_KEY
-        with self.lock:
-            self.delivered.append(body)
-        return Response('{"data": {"id": "1"}}', content_type="application/json")
-
-    def texts(self) -> list[str]:
-        with self.lock:
-            return [body["data"]["text"] for body in self.delivered]
-
-
 @pytest.fixture
-def fake() -> Iterator[RecordingCometChat]:
-    fake = RecordingCometChat()
-    fake.server.start()
-    yield fake
-    fake.release.set()
-    fake.server.clear()
-    fake.server.stop()
+def fake() -> Iterator[GatedCometChat]:
+    with GatedCometChat() as fake:
+        yield fake
 
 
 @pytest.fixture
@@ -205,7 +165,7 @@ def test_workers_deliver_every_reply_once_in_conversation_order(settings, fake, 
 def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
     web = app_module.create_app(settings)
     delivery: RedisDelivery = bot_app(web).delivery
-    fake.release.clear()  # replies hang at the API until the worker is gone
+    fake.gate.clear()  # replies hang at the API until the worker is gone
     messages = weather_messages(users=2, per_user=2)
     for _, body, _ in messages:
         post(web, body, basic_auth)
@@ -216,7 +176,7 @@ def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_p
     finally:
         doomed.kill()  # SIGKILL, mid-job
         doomed.wait(10)
-    fake.release.set()
+    fake.gate.set()
     # RQ notices an abandoned job once its heartbeat expires (60 s and more); jump past that instead of waiting.
     StartedJobRegistry(queue=delivery.queue).cleanup(timestamp=time.time() + 3600)
     survivor = start_worker(settings, tmp_path / "survivor.log")
