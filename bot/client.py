@@ -33,17 +33,44 @@ from typing import Any, Protocol
 
 import pycurl
 
-from .errors import CometChatError, TransportError, error_for_status
-from .replies import SendRequest
+from .api import SendRequest
+from .errors import CometChatError, TransportError, UnknownReference, error_for_status
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class Sender(Protocol):
-    def attempt(self, request: SendRequest) -> dict[str, Any]:
-        """Deliver ``request`` once: the created message, or a :class:`CometChatError`."""
+    def attempt(self, request: SendRequest) -> Any:
+        """Perform ``request`` once: the answer's ``data`` (the created message), or a :class:`CometChatError`."""
         ...
+
+
+class SentLog(Protocol):
+    """Where the ids of delivered replies that others refer to are kept (the journal, or Redis)."""
+
+    def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None: ...
+
+    def sent(self, muid: str) -> Any:
+        """A record with ``message_id`` and ``body``, or None."""
+        ...
+
+
+def perform(sender: Sender, request: SendRequest, sent_log: SentLog) -> Any:
+    """One attempt at ``request``: its ``{ref}`` resolved first, the created message's id recorded after.
+
+    Raises :class:`UnknownReference` (final) when the reply it refers to was never delivered.
+    """
+    if request.ref:
+        record = sent_log.sent(request.ref)
+        if record is None:
+            raise UnknownReference(request.ref)
+        request = request.resolve(record.message_id)
+    result = sender.attempt(request)
+    if request.remember and request.muid and isinstance(result, dict) and result.get("id") is not None:
+        body = request.body if request.body.get("category") == "interactive" else None
+        sent_log.remember_sent(request.muid, str(result["id"]), request.conversation_id, body)
+    return result
 
 
 @dataclass(frozen=True)
@@ -117,12 +144,12 @@ class CometChatClient:
                 self._handles.append(handle)
         return handle
 
-    def send(self, request: SendRequest) -> dict[str, Any]:
-        """POST a request, retrying what can be retried; returns the created message (``data``)."""
+    def send(self, request: SendRequest) -> Any:
+        """Perform a request, retrying what can be retried; returns the answer's ``data``."""
         retries = 0
         while True:
             try:
-                return self.request("POST", request.path, request.body)
+                return self.attempt(request)
             except CometChatError as error:
                 wait = self.retry.delay(retries, error)
                 if wait is None:
@@ -137,9 +164,11 @@ class CometChatClient:
                 )
                 self._sleep(wait)
 
-    def attempt(self, request: SendRequest) -> dict[str, Any]:
+    def attempt(self, request: SendRequest) -> Any:
         """One try at a request (the pipeline schedules retries itself, without blocking a thread)."""
-        return self.request("POST", request.path, request.body)
+        if request.ref:
+            raise ValueError(f"{request.describe()} still refers to reply {request.ref}; resolve it first")
+        return self.request(request.method, request.path, request.body, headers=dict(request.headers))
 
     def request(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None) -> Any:
         """One attempt. Returns the answer's ``data``; raises a :class:`CometChatError` subclass."""
@@ -172,12 +201,13 @@ class CometChatClient:
                 response_headers.clear()  # a new response (after a redirect or "100 Continue")
 
         handle.setopt(pycurl.URL, self.base_url + path)
-        handle.setopt(pycurl.CUSTOMREQUEST, method)
         handle.setopt(pycurl.HTTPHEADER, self._headers + [f"{k}: {v}" for k, v in (headers or {}).items()])
-        if body is None:
+        if method == "GET":
             handle.setopt(pycurl.HTTPGET, 1)  # no request body (this also drops an earlier request's body)
-        else:
-            handle.setopt(pycurl.POSTFIELDS, json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode())
+        else:  # a body, or an empty one (Content-Length: 0) for POST/DELETE calls that take none
+            payload = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
+            handle.setopt(pycurl.POSTFIELDS, payload)
+        handle.setopt(pycurl.CUSTOMREQUEST, method)
         handle.setopt(pycurl.WRITEDATA, content)
         handle.setopt(pycurl.HEADERFUNCTION, header_line)
         try:
@@ -242,10 +272,16 @@ class LocalSender:
             self.sent.append(request)
             self.total += 1
             message_id = f"local-{next(self._ids)}"
+        body = request.body
+        if request.is_message:
+            if self.echo:
+                shown = body["data"].get("text") or json.dumps(body["data"], ensure_ascii=False)
+                where = " (in thread)" if request.path.endswith("/thread") else ""
+                print(f"[bot -> {body['receiverType']} {body['receiver']}{where}] {shown}", flush=True)
+            return {**body, "id": message_id}
         if self.echo:
-            body = request.body
-            shown = body["data"].get("text") or json.dumps(body["data"], ensure_ascii=False)
-            print(f"[bot -> {body['receiverType']} {body['receiver']}] {shown}", flush=True)
-        return {**request.body, "id": message_id}
+            shown = "" if body is None else " " + json.dumps(body, ensure_ascii=False)
+            print(f"[bot: {request.describe()}]{shown}", flush=True)
+        return {"success": True}
 
     send = attempt  # nothing to retry locally

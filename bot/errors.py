@@ -118,6 +118,13 @@ class TransportError(CometChatError):
     retryable = True
 
 
+class UnknownReference(CometChatError):
+    """A request refers to an earlier reply (``ref``) whose CometChat id is not known: it was never delivered."""
+
+    def __init__(self, muid: str) -> None:
+        super().__init__(f"the reply it refers to ({muid}) was not delivered", code="ERR_REFERENCE_NOT_SENT")
+
+
 _BY_STATUS: dict[int, type[CometChatError]] = {
     400: BadRequest,
     401: AuthenticationError,

@@ -1,14 +1,16 @@
 """The local journal: what makes an acknowledged callback survive a crash.
 
 One SQLite file (WAL mode, standard library) shared by every process of the
-app on a host. Four tables:
+app on a host. Its tables:
 
 * ``inbox``: accepted callbacks not yet handled (one row per message);
 * ``outbox``: replies not yet delivered (one row per CometChat request);
 * ``seen``: message ids and reply muids within the dedup window, so a
   redelivered callback is not handled twice and a re-run handler does not
   send a reply twice;
-* ``dead_letters``: replies that finally failed, kept for inspection.
+* ``dead_letters``: replies that finally failed, kept for inspection;
+* ``sent``: the CometChat ids of replies that later requests refer to (an
+  edit of a "working on it..." message, the submissions of a form).
 
 **Lanes.** A row may run only when no earlier row of the same conversation is
 still in its table (running or waiting). That keeps handlers, and separately
@@ -38,8 +40,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
+from .api import SendRequest
 from .errors import ConfigError
-from .replies import SendRequest
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     message_id   TEXT    NOT NULL,
     path         TEXT    NOT NULL,
     body         TEXT    NOT NULL,  -- JSON request body, muid included
+    meta         TEXT,              -- JSON: method, headers, ref, remember (NULL: a plain POST)
     owner        TEXT,
     attempts     INTEGER NOT NULL DEFAULT 0,  -- failed attempts so far
     not_before   REAL    NOT NULL DEFAULT 0,  -- retry time after a failure
@@ -83,11 +86,20 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     message_id   TEXT    NOT NULL,
     path         TEXT,
     body         TEXT    NOT NULL,
+    meta         TEXT,
     error_code   TEXT    NOT NULL,
     error        TEXT    NOT NULL,
     attempts     INTEGER NOT NULL,
     failed_at    REAL    NOT NULL
 );
+
+CREATE TABLE IF NOT EXISTS sent (
+    muid         TEXT PRIMARY KEY,  -- a reply others refer to (an edit of it, a form's submissions)
+    message_id   TEXT NOT NULL,     -- the id CometChat gave it
+    conversation TEXT NOT NULL,
+    body         TEXT,              -- the request body, for interactive messages
+    expires_at   REAL NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rate_bucket (
     name       TEXT PRIMARY KEY,
@@ -151,12 +163,39 @@ class RateLimit:
 
 
 @dataclass(frozen=True)
+class SentRecord:
+    """A delivered reply that later requests may refer to."""
+
+    muid: str
+    message_id: str
+    conversation: str
+    body: Any = None
+
+
+@dataclass(frozen=True)
 class Depth:
     inbox: int
     inbox_running: int
     outbox: int
     outbox_waiting_retry: int
     dead_letters: int
+
+
+#: How long the ids of replies others refer to are kept (an interactive form may be answered days later).
+SENT_TTL = 7 * 24 * 3600
+
+
+def _meta_json(request: SendRequest) -> str | None:
+    meta = request.meta()
+    return json.dumps(meta, ensure_ascii=False, separators=(",", ":")) if meta else None
+
+
+def _migrate(con: sqlite3.Connection) -> None:
+    """Bring a journal written by an earlier version up to this schema (columns added since)."""
+    for table in ("outbox", "dead_letters"):
+        columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
+        if "meta" not in columns:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN meta TEXT")
 
 
 def process_owner() -> str:
@@ -211,6 +250,7 @@ class Journal:
         con = self._connection()
         with self._write_lock:
             self._retrying(lambda: con.executescript(SCHEMA))
+            self._retrying(lambda: _migrate(con))
 
     # ------------------------------------------------------------ connections
 
@@ -376,15 +416,16 @@ class Journal:
         now = time.time()
         claim = claim and not_before <= now
         body = json.dumps(request.body, ensure_ascii=False, separators=(",", ":"))
+        meta = _meta_json(request)
         with self._write() as con:
             if request.muid and not self._first_sighting(con, f"r\x1f{request.muid}", now):
                 return False
             lane_busy = con.execute("SELECT 1 FROM outbox WHERE conversation = ? LIMIT 1", (request.conversation_id,))
             owner = self.owner if claim and lane_busy.fetchone() is None and self._take_tokens(con, 1, now) else None
             seq = con.execute(
-                "INSERT INTO outbox (conversation, message_id, path, body, owner, attempts, not_before, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
-                (request.conversation_id, request.message_id, request.path, body, owner, attempts, not_before,
+                "INSERT INTO outbox (conversation, message_id, path, body, meta, owner, attempts, not_before,"
+                " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                (request.conversation_id, request.message_id, request.path, body, meta, owner, attempts, not_before,
                  accepted_at),
             ).fetchone()[0]  # fmt: skip
         if owner is None:
@@ -410,7 +451,7 @@ class Journal:
                 " SELECT seq FROM outbox AS o WHERE owner IS NULL AND not_before <= ?2 AND NOT EXISTS"
                 "  (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
                 " ORDER BY seq LIMIT ?3) "
-                "RETURNING seq, conversation, message_id, path, body, attempts, accepted_at",
+                "RETURNING seq, conversation, message_id, path, body, meta, attempts, accepted_at",
                 (self.owner, now, limit),
             ).fetchall()
             self._take_tokens(con, len(rows), now)
@@ -445,13 +486,14 @@ class Journal:
     @staticmethod
     def _insert_dead_reply(con: sqlite3.Connection, request: SendRequest, code: str, error: str, attempts: int) -> None:
         con.execute(
-            "INSERT INTO dead_letters (kind, conversation, message_id, path, body, error_code, error, attempts,"
-            " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO dead_letters (kind, conversation, message_id, path, body, meta, error_code, error, attempts,"
+            " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 request.conversation_id,
                 request.message_id,
                 request.path,
                 json.dumps(request.body, ensure_ascii=False),
+                _meta_json(request),
                 code,
                 error,
                 attempts,
@@ -478,7 +520,7 @@ class Journal:
         row = con.execute(
             "UPDATE outbox SET owner = ?1 WHERE seq = (SELECT min(seq) FROM outbox WHERE conversation = ?2)"
             " AND owner IS NULL AND not_before <= ?3 "
-            "RETURNING seq, conversation, message_id, path, body, attempts, accepted_at",
+            "RETURNING seq, conversation, message_id, path, body, meta, attempts, accepted_at",
             (self.owner, conversation, now),
         ).fetchone()
         if row is None:
@@ -488,8 +530,11 @@ class Journal:
 
     @staticmethod
     def _outbox_item(row: tuple[Any, ...]) -> OutboxItem:
-        seq, conversation, message_id, path, body, attempts, accepted_at = row
-        request = SendRequest(path, json.loads(body), message_id, conversation)
+        seq, conversation, message_id, path, body, meta, attempts, accepted_at = row
+        request = SendRequest.restore(
+            path, json.loads(body), json.loads(meta) if meta else None, message_id=message_id,
+            conversation_id=conversation,
+        )  # fmt: skip
         return OutboxItem(seq, conversation, message_id, request, attempts, accepted_at)
 
     # ------------------------------------------------------------ rate limit
@@ -525,6 +570,26 @@ class Journal:
         tokens = self._retrying(lambda: self._tokens(self._connection(), time.time()))
         return max(0.0, (1 - tokens) / self.rate_limit.per_second)
 
+    # ------------------------------------------------------------ replies others refer to
+
+    def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
+        """Record the CometChat id of a delivered reply (and, for interactive messages, its body)."""
+        text = None if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
+        ttl = max(self.dedup_ttl, SENT_TTL)
+        with self._write() as con:
+            con.execute(
+                "INSERT OR REPLACE INTO sent (muid, message_id, conversation, body, expires_at) VALUES (?, ?, ?, ?, ?)",
+                (muid, str(message_id), conversation, text, time.time() + ttl),
+            )
+
+    def sent(self, muid: str) -> SentRecord | None:
+        """The CometChat id (and body) of a delivered reply, by its muid; None if unknown or forgotten."""
+        rows = self._read("SELECT message_id, conversation, body FROM sent WHERE muid = ?", (muid,))
+        if not rows:
+            return None
+        message_id, conversation, body = rows[0]
+        return SentRecord(muid, message_id, conversation, json.loads(body) if body else None)
+
     # ------------------------------------------------------------ housekeeping
 
     def _first_sighting(self, con: sqlite3.Connection, key: str, now: float) -> bool:
@@ -557,12 +622,16 @@ class Journal:
         return (inbox, outbox)
 
     def purge_seen(self, batch: int = 10_000) -> int:
-        """Forget dedup keys past their window (in batches, to keep write locks short)."""
+        """Forget dedup keys and sent ids past their window (in batches, to keep write locks short)."""
+        now = time.time()
         with self._write() as con:
-            return con.execute(
-                "DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE expires_at < ? LIMIT ?)",
-                (time.time(), batch),
+            forgotten = con.execute(
+                "DELETE FROM seen WHERE key IN (SELECT key FROM seen WHERE expires_at < ? LIMIT ?)", (now, batch)
             ).rowcount
+            forgotten += con.execute(
+                "DELETE FROM sent WHERE muid IN (SELECT muid FROM sent WHERE expires_at < ? LIMIT ?)", (now, batch)
+            ).rowcount
+        return forgotten
 
     def depth(self) -> Depth:
         [(inbox, running)] = self._read("SELECT count(*), count(owner) FROM inbox")
@@ -584,13 +653,15 @@ class Journal:
         with self._write() as con:
             row = con.execute(
                 "DELETE FROM dead_letters WHERE id = ? AND kind = 'reply' "
-                "RETURNING conversation, message_id, path, body, failed_at",
+                "RETURNING conversation, message_id, path, body, meta, failed_at",
                 (letter_id,),
             ).fetchone()
             if row is None:
                 return False
             con.execute(
-                "INSERT INTO outbox (conversation, message_id, path, body, accepted_at) VALUES (?, ?, ?, ?, ?)", row
+                "INSERT INTO outbox (conversation, message_id, path, body, meta, accepted_at)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                row,
             )
         return True
 

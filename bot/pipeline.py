@@ -40,13 +40,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar, Generic, TypeVar
 
-from .client import RetryPolicy, Sender
+from .api import SendRequest
+from .client import RetryPolicy, Sender, perform
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
 from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
-from .replies import SendRequest
 from .routing import Router
 from .schemas import parse_callback
 
@@ -289,7 +289,7 @@ class Pipeline:
     def _send_inline(self, handling: _Handling, request: SendRequest) -> None:
         item = handling.item
         try:
-            self.sender.attempt(request)
+            perform(self.sender, request, self.journal)
         except CometChatError as error:
             wait = self.retry.delay(0, error)
             if wait is None:
@@ -331,7 +331,7 @@ class Pipeline:
 
     def _send(self, item: OutboxItem) -> OutboxItem | None:
         try:
-            self.sender.attempt(item.request)
+            perform(self.sender, item.request, self.journal)
         except CometChatError as error:
             wait = self.retry.delay(item.attempts, error)
             if wait is None:

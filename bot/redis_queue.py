@@ -17,8 +17,10 @@ How the guarantees are kept, with the engine's own mechanisms:
 * **Nothing lost**: jobs are retried (``Retry``) when a handler's process
   dies; RQ moves a job whose worker was killed mid-job out of the started
   registry after its heartbeat expires and retries it (abandoned-job
-  handling, checked every ``MAINTENANCE_INTERVAL`` s). A reply's muid is recorded in Redis once CometChat accepted it,
-  so a job that runs again does not send that reply twice.
+  handling, checked every ``MAINTENANCE_INTERVAL`` s). A reply's muid is
+  recorded in Redis once CometChat accepted it (with its CometChat id, which
+  later edits and form submissions look up), so a job that runs again does
+  not send that reply twice.
 * **Flow control**: a reply is retried in its job, honouring ``Retry-After``,
   which keeps the conversation's later messages behind it; other
   conversations go on on other workers. A shared token bucket in Redis
@@ -39,13 +41,13 @@ from rq import Queue, Retry, SimpleWorker
 from rq.job import Dependency, Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 
-from .client import RetryPolicy, Sender
+from .api import SendRequest
+from .client import RetryPolicy, Sender, perform
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
-from .journal import RateLimit
+from .journal import SENT_TTL, RateLimit, SentRecord
 from .message import Message
 from .metrics import Metrics
-from .replies import SendRequest
 from .routing import Router
 from .schemas import parse_callback
 
@@ -179,7 +181,7 @@ class RedisDelivery:
         while True:
             self._pace()
             try:
-                self.sender.attempt(request)
+                perform(self.sender, request, self)  # records the id of a reply others refer to
             except CometChatError as error:
                 wait = self.retry.delay(retries, error)
                 if wait is None:
@@ -192,9 +194,22 @@ class RedisDelivery:
                 )  # fmt: skip
                 time.sleep(wait)
                 continue
-            if request.muid:
-                self.redis.set(sent_key, 1, ex=self.dedup_ttl)
+            if request.muid and not request.remember:
+                self.redis.set(sent_key, "{}", ex=self.dedup_ttl)
             return
+
+    def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
+        """Record a delivered reply's CometChat id (and an interactive message's body) under its muid."""
+        record = {"id": message_id, "conversation": conversation, "body": body}
+        ttl = max(self.dedup_ttl, SENT_TTL)
+        self.redis.set(f"{PREFIX}:sent:{muid}", json.dumps(record, ensure_ascii=False), ex=ttl)
+
+    def sent(self, muid: str) -> SentRecord | None:
+        raw = self.redis.get(f"{PREFIX}:sent:{muid}")
+        record = json.loads(raw) if raw else {}
+        if "id" not in record:
+            return None
+        return SentRecord(muid, record["id"], record.get("conversation", ""), record.get("body"))
 
     def _pace(self) -> None:
         if self.rate_limit is None:

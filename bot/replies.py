@@ -2,9 +2,10 @@
 
 A handler returns ``None``, a ``str``, a reply object or an iterable of them;
 :func:`coerce` turns that into a list of replies, and :func:`build_requests`
-turns replies into :class:`SendRequest` values for the client: the target
-(group or sender), the 10 KB split of long text, a stable ``muid`` per
-request. Nothing here does I/O.
+turns replies into :class:`~bot.api.SendRequest` values for the client: the
+target (group or sender), the thread (a reply to a thread message stays in
+its thread), the 10 KB split of long text, a stable ``muid`` per request.
+Nothing here does I/O.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import mimetypes
 import posixpath
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
+from . import api
+from .api import SendRequest
 from .message import Message, Target
 
 log = logging.getLogger(__name__)
@@ -32,26 +35,43 @@ MAX_TAGS, MAX_TAG_LENGTH = 25, 100
 _MUID_NAMESPACE = uuid.UUID("6f1c3f64-2f0e-4a53-9b55-8f2f7f3f8b10")
 
 
+@dataclass(frozen=True)
+class ReplyContext:
+    """What a reply needs to know to write its body: where it goes and, for interactive messages, its actions."""
+
+    target: Target
+    bot_uid: str = "bot"
+    muid: str = ""
+    #: ``api_action(interaction_id, element_id)`` -> the ``apiAction`` of a button that reports back to this
+    #: app (a URL on the framework's server with a signed token); None where none can be made.
+    api_action: Callable[[str, str], dict[str, Any]] | None = None
+
+
 class Reply(ABC):
-    """Base of reply objects. ``data()`` is the message's ``data``; ``category``/``type`` place it."""
+    """Base of reply objects. ``data()`` is the message's ``data``; ``category``/``type`` place it.
+
+    ``in_thread``: None (default) answers in the thread the message came from, if any; True starts (or
+    stays in) a thread under the message; False answers in the main conversation.
+    """
 
     category: ClassVar[str] = "message"
     type: str
     metadata: Mapping[str, Any] | None
     tags: Sequence[str]
+    in_thread: bool | None
 
     @abstractmethod
-    def data(self) -> dict[str, Any]:
-        """The message's ``data`` object (text, attachments or customData)."""
+    def data(self, ctx: ReplyContext) -> dict[str, Any]:
+        """The message's ``data`` object (text, attachments, customData or interactiveData)."""
 
-    def body(self, target: Target) -> dict[str, Any]:
-        """The Send Bot Message body for ``target`` (without ``muid``, which the request adds)."""
-        data = self.data()
+    def body(self, ctx: ReplyContext) -> dict[str, Any]:
+        """The Send Bot Message body for ``ctx.target`` (without ``muid``, which the request adds)."""
+        data = self.data(ctx)
         if self.metadata:
             data["metadata"] = dict(self.metadata)
         body: dict[str, Any] = {
-            "receiver": target.receiver,
-            "receiverType": target.receiver_type,
+            "receiver": ctx.target.receiver,
+            "receiverType": ctx.target.receiver_type,
             "category": self.category,
             "type": self.type,
             "data": data,
@@ -74,6 +94,7 @@ class Text(Reply):
     text: str
     metadata: Mapping[str, Any] | None = None
     tags: Sequence[str] = ()
+    in_thread: bool | None = None
 
     type: ClassVar[str] = "text"
 
@@ -82,7 +103,7 @@ class Text(Reply):
             raise TypeError(f"Text needs a str, got {type(self.text).__name__}")
         self._check_tags()
 
-    def data(self) -> dict[str, Any]:
+    def data(self, ctx: ReplyContext) -> dict[str, Any]:
         return {"text": self.text}
 
     def parts(self) -> Iterator[Reply]:
@@ -93,7 +114,7 @@ class Text(Reply):
         if budget < 1000:
             raise ValueError("reply metadata leaves no room for text under the 10 KB data limit")
         for chunk in split_text(self.text, budget):
-            yield Text(chunk, self.metadata, self.tags)
+            yield Text(chunk, self.metadata, self.tags, self.in_thread)
 
 
 @dataclass(frozen=True)
@@ -105,13 +126,14 @@ class _Media(Reply):
     size: int | None = None
     metadata: Mapping[str, Any] | None = None
     tags: Sequence[str] = ()
+    in_thread: bool | None = None
 
     def __post_init__(self) -> None:
         if not self.url:
             raise ValueError(f"{type(self).__name__} needs a url")
         self._check_tags()
 
-    def data(self) -> dict[str, Any]:
+    def data(self, ctx: ReplyContext) -> dict[str, Any]:
         name = self.name or posixpath.basename(urlsplit(self.url).path) or "file"
         extension = self.extension or posixpath.splitext(name)[1].lstrip(".")
         mime = self.mime_type or mimetypes.guess_type(name)[0] or "application/octet-stream"
@@ -145,6 +167,7 @@ class Custom(Reply):
     custom_data: Mapping[str, Any] = field(default_factory=dict)
     metadata: Mapping[str, Any] | None = None
     tags: Sequence[str] = ()
+    in_thread: bool | None = None
 
     category: ClassVar[str] = "custom"
 
@@ -155,7 +178,7 @@ class Custom(Reply):
             raise ValueError("CometChat rejects custom messages with empty customData (ERR_EMPTY_CUSTOM_DATA)")
         self._check_tags()
 
-    def data(self) -> dict[str, Any]:
+    def data(self, ctx: ReplyContext) -> dict[str, Any]:
         data = {"customData": dict(self.custom_data)}
         if _json_size(data) > MAX_DATA_BYTES:
             raise ValueError("custom data is larger than CometChat's 10 KB data limit")
@@ -163,21 +186,6 @@ class Custom(Reply):
 
 
 # ------------------------------------------------------------------ requests
-
-
-@dataclass(frozen=True)
-class SendRequest:
-    """One request to CometChat's REST API: ``POST {base}{path}`` with ``body``."""
-
-    path: str
-    body: dict[str, Any]
-    message_id: str = ""  # the incoming message this answers (for logs)
-    conversation_id: str = ""
-    interim: bool = False  # sent with msg.reply() while the handler goes on running (not returned by it)
-
-    @property
-    def muid(self) -> str:
-        return self.body.get("muid", "")
 
 
 def coerce(result: Any) -> list[Reply]:
@@ -199,19 +207,56 @@ def coerce(result: Any) -> list[Reply]:
     )
 
 
-def build_requests(msg: Message, replies: Iterable[Reply], *, bot_uid: str, first_seq: int = 0) -> list[SendRequest]:
-    """Requests for ``replies`` to ``msg``, numbered from ``first_seq`` for their muids."""
+def build_requests(
+    msg: Message,
+    replies: Iterable[Reply],
+    *,
+    bot_uid: str,
+    first_seq: int = 0,
+    in_thread: bool | None = None,
+    remember: bool = False,
+    api_action: Callable[[str, str], dict[str, Any]] | None = None,
+) -> list[SendRequest]:
+    """Requests for ``replies`` to ``msg``, numbered from ``first_seq`` for their muids.
+
+    ``in_thread`` applies to replies that leave it open; ``remember`` records the
+    created messages' ids (for later edits); interactive messages are always
+    remembered (a submission is checked against the message it came from).
+    """
     target = msg.reply_target
-    path = f"/bots/{bot_uid}/messages"
     requests: list[SendRequest] = []
     seq = first_seq
     for reply in replies:
         for part in reply.parts():
-            body = part.body(target)
-            body["muid"] = muid(bot_uid, msg.id, seq)
-            requests.append(SendRequest(path, body, msg.id, msg.conversation_id))
+            ctx = ReplyContext(target, bot_uid, muid(bot_uid, msg.id, seq), api_action)
+            body = part.body(ctx)
+            body["muid"] = ctx.muid
+            context = {
+                "message_id": msg.id,
+                "conversation_id": msg.conversation_id,
+                "remember": remember or part.category == "interactive",
+            }
+            parent = thread_parent(msg, part.in_thread if part.in_thread is not None else in_thread)
+            if parent:
+                requests.append(api.thread_message(bot_uid, parent, body, **context))
+            else:
+                requests.append(api.bot_message(bot_uid, body, **context))
             seq += 1
     return requests
+
+
+def thread_parent(msg: Message, in_thread: bool | None) -> str | None:
+    """The thread a reply to ``msg`` goes to: None for the main conversation.
+
+    None (the default) keeps a reply to a thread message in that thread; True
+    starts a thread under ``msg`` (or stays in its thread: threads do not nest);
+    False answers in the main conversation.
+    """
+    if in_thread is False:
+        return None
+    if in_thread is None:
+        return msg.parent_id
+    return msg.parent_id or msg.id
 
 
 def muid(bot_uid: str, message_id: str, seq: int) -> str:

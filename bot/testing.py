@@ -29,10 +29,10 @@ from typing import Any
 from flask import Flask
 from werkzeug.test import TestResponse
 
+from .api import SendRequest
 from .client import LocalSender
 from .factory import bot_app, build_app
 from .message import Message
-from .replies import SendRequest
 from .routing import Router
 from .schemas import parse_callback
 from .settings import Settings

@@ -18,6 +18,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from bot import Text
+from bot.api import SendRequest
 from bot.client import CometChatClient, LocalSender, RetryPolicy
 from bot.errors import (
     AuthenticationError,
@@ -29,7 +30,7 @@ from bot.errors import (
     ServerError,
     TransportError,
 )
-from bot.replies import SendRequest, build_requests
+from bot.replies import build_requests
 from bot.settings import Settings
 from bot.testing import make_message
 from tests.conftest import API_KEY, BOT_UID, DATA

@@ -7,9 +7,9 @@ import logging
 import pytest
 
 from bot import Image, Router
+from bot.api import SendRequest
 from bot.dispatch import Dispatcher
 from bot.errors import Forbidden, ServerError
-from bot.replies import SendRequest
 from bot.schemas import parse_callback
 from bot.testing import make_callback, make_message
 

@@ -9,9 +9,9 @@ import time
 
 import pytest
 
+from bot.api import SendRequest
 from bot.errors import ConfigError
 from bot.journal import InboxItem, Journal, OutboxItem, RateLimit, owner_alive, process_owner
-from bot.replies import SendRequest
 
 
 @pytest.fixture

@@ -10,11 +10,11 @@ from collections import defaultdict
 import pytest
 
 from bot import Router
+from bot.api import SendRequest
 from bot.client import RetryPolicy
 from bot.errors import NotFound, RateLimited, ServerError
 from bot.journal import Journal
 from bot.pipeline import Pipeline, PipelineOptions
-from bot.replies import SendRequest
 from bot.schemas import parse_callback
 from bot.testing import make_callback
 
