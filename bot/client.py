@@ -26,15 +26,17 @@ import random
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import Any, Protocol
 
 import pycurl
 
+from . import api
 from .api import SendRequest
 from .errors import CometChatError, TransportError, UnknownReference, error_for_status
+from .message import Target
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,18 +95,23 @@ class RetryPolicy:
 
 
 class CometChatClient:
-    """CometChat's REST API v3 for one app, authenticated with a REST API key."""
+    """CometChat's REST API v3 for one app, authenticated with a REST API key.
+
+    ``bot_uid`` is the bot that the message methods (``send_message``, ``edit_message``, ...) act for.
+    """
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
         *,
+        bot_uid: str = "",
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         self.base_url = base_url.rstrip("/")
+        self.bot_uid = bot_uid
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self._sleep = sleep
@@ -122,6 +129,7 @@ class CometChatClient:
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> CometChatClient:
         retry = RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait)
+        kwargs.setdefault("bot_uid", settings.bot_uid)
         return cls(settings.base_url, settings.api_key, timeout=settings.http_timeout, retry=retry, **kwargs)
 
     def close(self) -> None:
@@ -184,6 +192,76 @@ class CometChatClient:
             message = str(payload["error"].get("message") or message)
         cls = error_for_status(status)
         raise cls(message, status=status, code=code, retry_after=_retry_after(status, response_headers))
+
+    # ------------------------------------------------------------------ the calls of bot/api.py, with retries
+
+    @property
+    def _bot(self) -> str:
+        if not self.bot_uid:
+            raise ValueError("this client has no bot_uid: pass bot_uid= (from_settings uses COMETCHAT_BOT_UID)")
+        return self.bot_uid
+
+    def send_message(self, body: Mapping[str, Any]) -> Any:
+        """Send a message as the bot (``POST /bots/{uid}/messages``); returns the created message."""
+        return self.send(api.bot_message(self._bot, body))
+
+    def send_thread_message(self, parent_id: str, body: Mapping[str, Any]) -> Any:
+        """Reply as the bot in the thread of message ``parent_id``; returns the created message."""
+        return self.send(api.thread_message(self._bot, parent_id, body))
+
+    def edit_message(
+        self,
+        message_id: str,
+        *,
+        text: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        tags: Iterable[str] | None = None,
+    ) -> Any:
+        """Edit one of the bot's messages (only what is given changes)."""
+        return self.send(api.edit_message(self._bot, message_id, text=text, metadata=metadata, tags=tags))
+
+    def delete_message(self, message_id: str, *, permanent: bool = False) -> Any:
+        """Delete one of the bot's messages (a soft delete unless ``permanent``)."""
+        return self.send(api.delete_message(self._bot, message_id, permanent=permanent))
+
+    def add_reaction(self, message_id: str, reaction: str) -> Any:
+        """React to a message as the bot, e.g. ``add_reaction("9031", "👍")``."""
+        return self.send(api.add_reaction(self._bot, message_id, reaction))
+
+    def remove_reaction(self, message_id: str, reaction: str) -> Any:
+        """Take back the bot's reaction to a message."""
+        return self.send(api.remove_reaction(self._bot, message_id, reaction))
+
+    def mark_read(self, target: Target) -> Any:
+        """Mark the bot's conversation with a user or group read."""
+        return self.send(api.mark_read(self._bot, target))
+
+    def mark_interacted(self, user_uid: str, message_id: str, element_ids: Iterable[str]) -> Any:
+        """Mark elements of an interactive message as used by ``user_uid`` (on that user's behalf, not the bot's)."""
+        return self.send(api.mark_interacted(user_uid, message_id, element_ids))
+
+    def create_bot(self, uid: str, **settings: Any) -> Any:
+        """Create a bot for the existing user ``uid``; ``settings`` as :func:`bot.api.bot_settings`.
+
+        The answer holds the Basic auth password in clear text: never log it.
+        """
+        return self.send(api.create_bot(uid, **settings))
+
+    def update_bot(self, uid: str, **settings: Any) -> Any:
+        """Change a bot's settings (only those given); the answer holds the password in clear text."""
+        return self.send(api.update_bot(uid, **settings))
+
+    def get_bot(self, uid: str) -> Any:
+        """A bot's settings (``ERR_BOT_NOT_FOUND`` if none); the answer holds the password in clear text."""
+        return self.send(api.get_bot(uid))
+
+    def delete_bot(self, uid: str) -> Any:
+        """Delete a bot; its user remains."""
+        return self.send(api.delete_bot(uid))
+
+    def get_user(self, uid: str) -> Any:
+        """A user (``ERR_UID_NOT_FOUND`` if none, or deactivated)."""
+        return self.send(api.get_user(uid))
 
     def _perform(
         self, method: str, path: str, body: Any, headers: dict[str, str] | None

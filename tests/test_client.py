@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import socket
 import threading
 import time
@@ -30,6 +31,7 @@ from bot.errors import (
     ServerError,
     TransportError,
 )
+from bot.message import Target
 from bot.replies import build_requests
 from bot.settings import Settings
 from bot.testing import make_message
@@ -126,7 +128,7 @@ def test_posts_exactly_the_documented_request(client, httpserver, api_answer):
         "receiverType": "user",
         "category": "message",
         "type": "text",
-        "data": {"text": "hé ✓ <b>"},
+        "data": {"text": "hé ✓ <b>", "metadata": {"@bot": BOT_UID}},
         "muid": request.muid,
     }
     assert sent.get_data().decode("utf-8") == json.dumps(body, ensure_ascii=False, separators=(",", ":"))  # UTF-8
@@ -466,3 +468,130 @@ def test_local_sender_is_safe_from_several_threads():
     for thread in threads:
         thread.join(10)
     assert sender.total == 200 and len(sender.sent) == 200
+
+
+# ------------------------------------------------------------------ one method per REST call of bot/api.py
+
+BOT_SETTINGS = {
+    "webhook_url": "https://bots.example.org/cometchat/callback",
+    "group_chat_setting": "mentionedMessages",
+    "username": "cometchat",
+    "password": "pw",
+    "enabled": True,
+}
+BOT_FIELDS = {
+    "webhookURL": "https://bots.example.org/cometchat/callback",
+    "groupChatSetting": "mentionedMessages",
+    "useBasicAuth": True,
+    "username": "cometchat",
+    "password": "pw",
+    "enabled": True,
+}
+
+#: (call, request line as sent, onBehalfOf header or None, JSON body or None for an empty body).
+CLIENT_CALLS = {
+    "send_message": (
+        lambda c: c.send_message(BODY), f"POST /v3/bots/{BOT_UID}/messages", None, BODY,
+    ),
+    "send_thread_message": (
+        lambda c: c.send_thread_message("9031", BODY), "POST /v3/messages/9031/thread", BOT_UID, BODY,
+    ),
+    "edit_message": (
+        lambda c: c.edit_message("9031", text="new", metadata={"k": 1}, tags=["t"]), "PUT /v3/messages/9031",
+        BOT_UID, {"data": {"text": "new", "metadata": {"k": 1}}, "tags": ["t"]},
+    ),
+    "edit_message_text_only": (
+        lambda c: c.edit_message("9031", text="new"), "PUT /v3/messages/9031", BOT_UID, {"data": {"text": "new"}},
+    ),
+    "delete_message": (
+        lambda c: c.delete_message("9031"), "DELETE /v3/messages/9031", BOT_UID, {"permanent": False},
+    ),
+    "delete_message_permanent": (
+        lambda c: c.delete_message("9031", permanent=True), "DELETE /v3/messages/9031", BOT_UID, {"permanent": True},
+    ),
+    "add_reaction": (
+        lambda c: c.add_reaction("9031", "👍"), "POST /v3/messages/9031/reactions/%F0%9F%91%8D", BOT_UID, None,
+    ),
+    "remove_reaction": (
+        lambda c: c.remove_reaction("9031", "👍"), "DELETE /v3/messages/9031/reactions/%F0%9F%91%8D", BOT_UID, None,
+    ),
+    "mark_read_user": (
+        lambda c: c.mark_read(Target("alice", "user")), "POST /v3/users/alice/conversation/read", BOT_UID, None,
+    ),
+    "mark_read_group": (
+        lambda c: c.mark_read(Target("ops room", "group")), "POST /v3/groups/ops%20room/conversation/read",
+        BOT_UID, None,
+    ),
+    "mark_interacted": (  # on behalf of the user who used the form, not the bot
+        lambda c: c.mark_interacted("alice", "9031", ["submit", "name"]), "PATCH /v3/messages/9031/interacted",
+        "alice", {"interactions": ["submit", "name"]},
+    ),
+    "create_bot": (
+        lambda c: c.create_bot(BOT_UID, **BOT_SETTINGS), "POST /v3/bots", None, {"uid": BOT_UID, **BOT_FIELDS},
+    ),
+    "update_bot": (
+        lambda c: c.update_bot(BOT_UID, enabled=False), f"PUT /v3/bots/{BOT_UID}", None, {"enabled": False},
+    ),
+    "get_bot": (lambda c: c.get_bot(BOT_UID), f"GET /v3/bots/{BOT_UID}", None, None),
+    "delete_bot": (lambda c: c.delete_bot(BOT_UID), f"DELETE /v3/bots/{BOT_UID}", None, None),
+    "get_user": (lambda c: c.get_user("a/b"), "GET /v3/users/a%2Fb", None, None),  # a uid cannot change the path
+}  # fmt: skip
+
+
+@pytest.fixture
+def bot_client(httpserver, sleeps):
+    client = CometChatClient(
+        httpserver.url_for("/v3"), API_KEY, bot_uid=BOT_UID, retry=RetryPolicy(max_retries=3), sleep=sleeps.append
+    )
+    yield client
+    client.close()
+
+
+@pytest.mark.parametrize(("call", "line", "on_behalf_of", "body"), CLIENT_CALLS.values(), ids=list(CLIENT_CALLS))
+def test_each_rest_call_has_a_method_sending_exactly_that_request(
+    call, line, on_behalf_of, body, bot_client, httpserver
+):
+    httpserver.expect_request(re.compile(".*"), method=line.split(" ")[0]).respond_with_json({"data": {"id": "42"}})
+
+    assert call(bot_client) == {"id": "42"}  # the answer's data
+
+    [(sent, _)] = httpserver.log
+    assert f"{sent.method} {sent.environ['RAW_URI']}" == line
+    assert sent.headers["apikey"] == API_KEY
+    assert sent.headers.get("onBehalfOf") == on_behalf_of
+    assert (json.loads(sent.get_data()) if sent.get_data() else None) == body
+
+
+def test_the_methods_retry_like_send(bot_client, httpserver, api_answer, sleeps):
+    status, _, error = api_answer("server_error_500")
+    httpserver.expect_ordered_request(f"/v3/bots/{BOT_UID}", method="GET").respond_with_json(error, status=status)
+    httpserver.expect_ordered_request(f"/v3/bots/{BOT_UID}", method="GET").respond_with_json({"data": {"uid": BOT_UID}})
+    assert bot_client.get_bot(BOT_UID) == {"uid": BOT_UID}
+    assert len(httpserver.log) == 2 and len(sleeps) == 1
+
+
+def test_the_methods_raise_cometchats_typed_errors(bot_client, httpserver, api_answer):
+    status, _, error = api_answer("uid_not_found_404")
+    httpserver.expect_request("/v3/bots", method="POST").respond_with_json(error, status=status)
+    with pytest.raises(NotFound) as raised:
+        bot_client.create_bot(BOT_UID, **BOT_SETTINGS)
+    assert (raised.value.code, raised.value.status) == ("ERR_UID_NOT_FOUND", 404)
+
+
+@pytest.mark.parametrize("call", [CLIENT_CALLS["send_message"][0], CLIENT_CALLS["add_reaction"][0]])
+def test_calls_on_the_bots_behalf_need_its_uid(call, client, httpserver):
+    with pytest.raises(ValueError, match="no bot_uid"):
+        call(client)  # the client of the other tests has none
+    assert httpserver.log == []
+
+
+def test_from_settings_gives_the_client_the_bot_uid(httpserver):
+    settings = Settings(
+        api_key=API_KEY,
+        bot_uid="Helpdesk-Bot",
+        api_url=httpserver.url_for("/v3"),
+        callback_username="u",
+        callback_password="p",
+    )
+    assert CometChatClient.from_settings(settings).bot_uid == "helpdesk-bot"
+    assert CometChatClient.from_settings(settings, bot_uid="other").bot_uid == "other"
