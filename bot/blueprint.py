@@ -1,48 +1,52 @@
-"""The Flask blueprint CometChat posts to: authenticate, validate, hand off, answer.
+"""The Flask blueprints CometChat (and its clients) post to: authenticate, validate, hand off, answer.
 
-The view does only what must happen before the answer: Basic auth, content
-type, size, JSON, schema, the screen (own messages, other bots), and the
-hand-off of the :class:`Message` to ``submit`` (the pipeline journals it;
-handlers run after the answer). Every rejection is a 4xx with
-a JSON body naming the problem; ignored callbacks are acknowledged with 200.
+* The callback (``CALLBACK_PATH``): CometChat relays each message for the
+  bot. The view does only what must happen before the answer: Basic auth,
+  content type, size, JSON, schema, the screen (own messages, other bots),
+  and the hand-off of the :class:`Message` to ``submit`` (the pipeline
+  journals it; handlers run after the answer).
+* The interaction endpoint (``INTERACTIONS_PATH``): the users' UI kits post
+  here when someone submits a form or clicks a card button the bot sent
+  (bot/interactions.py). It is called from browsers on the customer's site,
+  so it answers CORS preflights; the signed token in the body is its
+  authentication.
+
+Every rejection is a 4xx with a JSON body naming the problem; ignored
+callbacks are acknowledged with 200.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable
 
 from flask import Blueprint, Response, g, jsonify, request
 from werkzeug.exceptions import RequestEntityTooLarge
 
+from . import interactions
 from .auth import BasicAuth
 from .dispatch import Dispatcher
 from .errors import CallbackError, InvalidJSON, Unauthorized, UnsupportedMediaType
-from .message import Message
+from .interactions import Replayed, Tokens
 from .metrics import Metrics
-from .schemas import parse_callback
+from .schemas import parse_callback, parse_interaction, submission_message
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Takes an accepted message and its callback body; returns "accepted" or "duplicate".
-Submit = Callable[[Message, bytes], str]
+#: Takes an accepted message and the body to keep (``dedup_ttl=`` optional); returns "accepted" or "duplicate".
+Submit = Callable[..., str]
+#: ``sent(muid)``: the record of a delivered reply (its CometChat id and body), or None.
+SentLookup = Callable[[str], object]
 
 
 def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit, metrics: Metrics) -> Blueprint:
     """The callback endpoint at ``settings.callback_path``; accepted messages go to ``submit``."""
     bp = Blueprint("cometchat", __name__)
     auth = BasicAuth(settings.callback_username, settings.callback_password) if settings.callback_auth_enabled else None
-
-    @bp.errorhandler(CallbackError)
-    def rejected(error: CallbackError) -> tuple[Response, int] | Response:
-        response = jsonify(error.to_json())
-        response.status_code = error.status
-        if isinstance(error, Unauthorized):
-            response.headers["WWW-Authenticate"] = 'Basic realm="cometchat-bot", charset="UTF-8"'
-        log.info("callback rejected (%d %s): %s", error.status, error.code, error.message)
-        return response
+    _answer_errors_as_json(bp, "callback")
 
     @bp.after_request
     def count(response: Response) -> Response:
@@ -54,16 +58,7 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit,
     def callback() -> Response:
         if auth is not None and not auth.check(request.authorization):
             raise Unauthorized("missing or wrong Basic auth credentials for the callback")
-        if not request.is_json:
-            raise UnsupportedMediaType(
-                f"the callback must be JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
-            )
-        # Larger bodies: 413. One byte over the limit is read so that a body without Content-Length (chunked)
-        # is refused too, rather than silently cut at the limit.
-        request.max_content_length = settings.callback_max_bytes + 1
-        data = request.get_data(cache=False)
-        if len(data) > settings.callback_max_bytes:
-            raise RequestEntityTooLarge(f"the callback body is larger than {settings.callback_max_bytes} bytes")
+        data = _read_json_body("callback", settings.callback_max_bytes)
         cb = parse_callback(_decode_json(data), bot_uid=settings.bot_uid)
         reason = dispatcher.screen(cb)
         if reason:
@@ -80,18 +75,85 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit,
     return bp
 
 
+def create_interactions_blueprint(
+    settings: Settings, tokens: Tokens, sent: SentLookup, submit: Submit, metrics: Metrics
+) -> Blueprint:
+    """The endpoint the buttons of the bot's forms and cards call (``settings.interactions_path``)."""
+    bp = Blueprint("cometchat_interactions", __name__)
+    _answer_errors_as_json(bp, "submission")
+
+    @bp.after_request
+    def cors_and_count(response: Response) -> Response:
+        # Called by fetch() from the customer's web app: any origin may post (no cookies; the token authenticates).
+        response.headers["Access-Control-Allow-Origin"] = "*"
+        response.headers["Access-Control-Allow-Methods"] = "POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type"
+        response.headers["Access-Control-Max-Age"] = "86400"
+        if request.method == "POST":
+            metrics.interactions.labels(g.pop("interaction_outcome", None) or f"rejected_{response.status_code}").inc()
+        return response
+
+    @bp.route(settings.interactions_path, methods=["OPTIONS"])
+    def preflight() -> Response:
+        return Response(status=204)
+
+    @bp.post(settings.interactions_path)
+    def interaction() -> Response:
+        data = _read_json_body("submission", settings.callback_max_bytes)
+        event = interactions.verify(
+            parse_interaction(_decode_json(data)), tokens, bot_uid=settings.bot_uid, sent=sent, now=time.time()
+        )
+        msg = submission_message(event, bot_uid=settings.bot_uid)
+        body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()
+        # A token is good for one submission per user: remembered as long as the token lives.
+        if submit(msg, body, dedup_ttl=tokens.max_age) == "duplicate":
+            raise Replayed("this was already submitted")
+        log.info(
+            "submission %s of %s by %s in %s accepted",
+            msg.submission.element_id, msg.submission.interaction_id, msg.sender.uid, msg.conversation_id,
+        )  # fmt: skip
+        g.interaction_outcome = "accepted"
+        return jsonify(status="accepted", submission=msg.id)
+
+    return bp
+
+
+def _answer_errors_as_json(bp: Blueprint, what: str) -> None:
+    @bp.errorhandler(CallbackError)
+    def rejected(error: CallbackError) -> Response:
+        response = jsonify(error.to_json())
+        response.status_code = error.status
+        if isinstance(error, Unauthorized):
+            response.headers["WWW-Authenticate"] = 'Basic realm="cometchat-bot", charset="UTF-8"'
+        log.info("%s rejected (%d %s): %s", what, error.status, error.code, error.message)
+        return response
+
+
+def _read_json_body(what: str, max_bytes: int) -> bytes:
+    """The request body, checked to be JSON (415) and at most ``max_bytes`` long (413)."""
+    if not request.is_json:
+        raise UnsupportedMediaType(
+            f"the {what} must be JSON (Content-Type: application/json), got {request.mimetype or 'none'!r}"
+        )
+    # One byte over the limit is read so that a body without Content-Length (chunked) is refused too, rather
+    # than silently cut at the limit.
+    request.max_content_length = max_bytes + 1
+    data = request.get_data(cache=False)
+    if len(data) > max_bytes:
+        raise RequestEntityTooLarge(f"the {what} body is larger than {max_bytes} bytes")
+    return data
+
+
 def _decode_json(data: bytes) -> object:
     if not data:
-        raise InvalidJSON("the callback body is empty; expected a JSON object")
+        raise InvalidJSON("the body is empty; expected a JSON object")
     try:
         return json.loads(data)
     except UnicodeDecodeError:
-        raise InvalidJSON("the callback body is not UTF-8") from None
+        raise InvalidJSON("the body is not UTF-8") from None
     except json.JSONDecodeError as exc:
-        raise InvalidJSON(
-            f"the callback body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
+        raise InvalidJSON(f"the body is not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
-        raise InvalidJSON("the callback body is not usable JSON: nested too deeply") from None
+        raise InvalidJSON("the body is not usable JSON: nested too deeply") from None
     except ValueError:  # Python's limit on the digits of an integer
-        raise InvalidJSON("the callback body is not usable JSON: a number has too many digits") from None
+        raise InvalidJSON("the body is not usable JSON: a number has too many digits") from None

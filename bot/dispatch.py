@@ -1,27 +1,33 @@
-"""The dispatcher: from a validated callback to delivered replies.
+"""The dispatcher: from a validated message to the requests it causes.
 
 :meth:`Dispatcher.screen` decides, cheaply and before anything is queued,
 whether a callback is handled at all (the bot's own messages, callbacks for
-another bot, unknown categories are not). :meth:`Dispatcher.handle` runs the
-first matching handler with the message, turns what it returns into requests
-and hands them to the sender in order. A handler that raises is logged with
-its traceback; the nearest ``on_error`` hook may answer instead. Nothing here
-touches HTTP or Flask: the blueprint calls in, the sender goes out.
+another bot, unknown categories are not). :meth:`Dispatcher.handle` finds the
+route, runs the ``before`` hooks, the handler and the ``after`` hooks, turns
+what comes back into requests and hands them, in order, to ``deliver`` (the
+delivery pipeline's, or a list in tests); then it saves the conversation
+state the handler changed. A handler that raises is logged with its
+traceback; the nearest ``on_error`` hook may answer instead. Nothing here
+touches HTTP or Flask: the blueprint calls in, ``deliver`` goes out.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
+from . import api
+from .api import REF, SendRequest
 from .errors import CometChatError
-from .message import Message
-from .replies import SendRequest, build_requests, coerce
+from .loop_guard import LoopGuard
+from .message import Message, ReplyRef
+from .replies import build_requests, coerce
 from .routing import Resolution, Router
 from .schemas import Callback
+from .state import StateSession, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +35,8 @@ log = logging.getLogger(__name__)
 KNOWN_CATEGORIES = frozenset({"message", "custom", "interactive", "action", "call"})
 
 Deliver = Callable[[SendRequest], Any]
+#: ``api_action(interaction_id, element_id, msg, muid)`` -> the apiAction of a button that reports back here.
+ActionMaker = Callable[[str, str, Message, str], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -38,17 +46,34 @@ class Outcome:
     message_id: str
     conversation_id: str
     handler: str  # "" when no handler matched
-    status: str  # "replied" | "no_reply" | "unmatched" | "handler_error" | "send_error"
+    #: "replied" | "no_reply" | "unmatched" | "dropped" | "loop_guard" | "handler_error" | "send_error"
+    status: str
     sent: int
     seconds: float
     error_code: str = ""
 
 
 class Dispatcher:
-    def __init__(self, router: Router, deliver: Deliver, *, bot_uid: str = "") -> None:
+    def __init__(
+        self,
+        router: Router,
+        deliver: Deliver | None = None,
+        *,
+        bot_uid: str = "",
+        state: StateStore | None = None,
+        state_ttl: float = 86400.0,
+        loop_guard: LoopGuard | None = None,
+        api_action: ActionMaker | None = None,
+    ) -> None:
+        """``deliver`` is the default for :meth:`handle`; ``state`` the store behind ``msg.state``;
+        ``api_action`` makes the actions of interactive messages (None: they cannot be sent)."""
         self.router = router
         self.deliver = deliver
         self.bot_uid = bot_uid.lower()
+        self.state = state
+        self.state_ttl = state_ttl
+        self.loop_guard = loop_guard
+        self.api_action = api_action
 
     def screen(self, callback: Callback) -> str:
         """Why this callback is not handled ('' if it is). Ignored callbacks are still acknowledged."""
@@ -71,21 +96,36 @@ class Dispatcher:
             return "1:1 message not addressed to the bot"
         return ""
 
-    def handle(self, msg: Message) -> Outcome:
-        """Run the handler for ``msg`` and deliver its replies, in order."""
+    def handle(self, msg: Message, deliver: Deliver | None = None) -> Outcome:
+        """Run the handler for ``msg`` and hand the requests it causes to ``deliver``, in order."""
+        deliver = deliver or self.deliver
+        if deliver is None:
+            raise TypeError("Dispatcher.handle needs a deliver function")
         started = time.perf_counter()
+        states = StateSession(self.state, msg, ttl=self.state_ttl) if self.state is not None else None
+        msg = msg.with_(_states=states)
+
+        def done(handler: str, status: str, sent: int = 0, code: str = "") -> Outcome:
+            return Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
+
+        if self.loop_guard is not None and not self.loop_guard.admits(msg):
+            log.warning("message %s in %s: not answered, bots answering each other", msg.id, msg.conversation_id)
+            return done("", "loop_guard")
         resolution = self.router.resolve(msg)
         if resolution is None:
             log.debug("message %s in %s: no handler matched", msg.id, msg.conversation_id)
-            return Outcome(msg.id, msg.conversation_id, "", "unmatched", 0, time.perf_counter() - started)
-        turn = _Turn(self, msg)
+            return done("", "unmatched")
+        turn = _Turn(self, msg, deliver)
+        turn.msg = msg.with_(
+            match=resolution.captures,
+            command=resolution.captures.get("command"),
+            state_scope=resolution.router.state_scope,
+            _turn=turn,
+        )
         handler = resolution.route.name
         status, code = "replied", ""
         try:
-            bound = msg.with_(
-                match=resolution.captures, command=resolution.captures.get("command"), _replier=turn.send_interim
-            )
-            turn.send(resolution.route.call(bound, resolution.captures))
+            status = self._run(resolution, turn)
         except CometChatError as error:
             status, code = "send_error", error.code
             log.error("message %s in %s: reply not delivered: %s", msg.id, msg.conversation_id, error)
@@ -93,19 +133,50 @@ class Dispatcher:
             status, code = "handler_error", type(error).__name__
             log.exception("message %s in %s: handler %s raised", msg.id, msg.conversation_id, handler)
             self._on_error(turn, resolution, error)
+        if states is not None:
+            # After the replies went out (or were queued): a re-run after a crash starts from the same state.
+            states.save()
         if status == "replied" and turn.sent == 0:
             status = "no_reply"
-        outcome = Outcome(msg.id, msg.conversation_id, handler, status, turn.sent, time.perf_counter() - started, code)
+        outcome = done(handler, status, turn.sent, code)
         log.info(
             "message %s in %s: %s by %s, %d replies, handled in %.1f ms",
             msg.id, msg.conversation_id, status, handler, turn.sent, outcome.seconds * 1000,
         )  # fmt: skip
         return outcome
 
+    def _run(self, resolution: Resolution, turn: _Turn) -> str:
+        """Hooks and handler; returns the status ("replied" unless a before hook dropped the message)."""
+        for hook in resolution.before_hooks():
+            result = hook(turn.msg)
+            if result is None:
+                continue
+            if result is False:
+                log.info("message %s: dropped by %s", turn.msg.id, getattr(hook, "__qualname__", hook))
+                return "dropped"
+            if isinstance(result, Message):
+                turn.msg = result.with_(_turn=turn)
+                continue
+            turn.running = False
+            turn.send(coerce(result))  # the hook answered instead of the handler
+            return "replied"
+        try:
+            result = resolution.route.call(turn.msg, resolution.captures)
+        finally:
+            turn.running = False
+        replies = coerce(result)
+        for hook in resolution.after_hooks():
+            changed = hook(turn.msg, replies)
+            if changed is not None:
+                replies = coerce(changed)
+        turn.send(replies)
+        return "replied"
+
     def _on_error(self, turn: _Turn, resolution: Resolution, error: Exception) -> None:
+        turn.running = False
         for hook in resolution.error_handlers():
             try:
-                turn.send(hook(turn.msg, error))
+                turn.send(coerce(hook(turn.msg, error)))
             except CometChatError as send_error:
                 log.error("message %s: error reply not delivered: %s", turn.msg.id, send_error)
             except Exception:
@@ -114,25 +185,72 @@ class Dispatcher:
 
 
 class _Turn:
-    """One message being handled: numbers its replies (stable muids) and delivers them in order."""
+    """One message being handled: numbers its replies (stable muids) and hands its requests on in order."""
 
-    def __init__(self, dispatcher: Dispatcher, msg: Message) -> None:
+    def __init__(self, dispatcher: Dispatcher, msg: Message, deliver: Deliver) -> None:
         self.dispatcher = dispatcher
         self.msg = msg
+        self.deliver = deliver
+        self.bot_uid = dispatcher.bot_uid or msg.bot_uid or "bot"
         self.seq = 0
         self.sent = 0
+        self.running = True  # the handler is still running: what it sends now is "interim"
 
-    def send(self, *results: Any, interim: bool = False) -> None:
-        replies = coerce(list(results))
+    def send(self, replies: list, *, in_thread: bool | None = None, remember: bool = False) -> ReplyRef:
         if not replies:
-            return
-        bot_uid = self.dispatcher.bot_uid or self.msg.bot_uid or "bot"
-        requests = build_requests(self.msg, replies, bot_uid=bot_uid, first_seq=self.seq)
+            return ReplyRef(())
+        requests = build_requests(
+            self.msg, replies, bot_uid=self.bot_uid, first_seq=self.seq, in_thread=in_thread, remember=remember,
+            api_action=self._api_action,
+        )  # fmt: skip
         self.seq += len(requests)
         for request in requests:
-            self.dispatcher.deliver(replace(request, interim=True) if interim else request)
+            self._deliver(request)
             self.sent += 1
+        return ReplyRef(tuple(request.muid for request in requests))
 
-    def send_interim(self, *results: Any) -> None:
-        """``msg.reply(...)``: replies sent while the handler is still running."""
-        self.send(*results, interim=True)
+    def send_interim(self, *results: Any, in_thread: bool | None = None) -> ReplyRef:
+        """``msg.reply(...)``: replies sent while the handler is still running (remembered, for edits)."""
+        return self.send(coerce(list(results)), in_thread=in_thread, remember=True)
+
+    def edit(self, ref: ReplyRef, *, text: str | None, metadata: Mapping[str, Any] | None) -> None:
+        if not ref.muids:
+            raise ValueError("nothing to edit: that msg.reply() sent nothing")
+        if text is not None and not text.strip():
+            raise ValueError("CometChat rejects empty text; delete the reply instead")
+        self._deliver(api.edit_message(self.bot_uid, REF, text=text, metadata=metadata, **self._context(ref.muids[0])))
+
+    def delete(self, ref: ReplyRef) -> None:
+        for muid in ref.muids:
+            self._deliver(api.delete_message(self.bot_uid, REF, **self._context(muid)))
+
+    def react(self, reaction: str) -> None:
+        if self.msg.submission is not None:
+            raise ValueError("a submission is not a chat message; react to the form with its message id instead")
+        self._deliver(api.add_reaction(self.bot_uid, self.msg.id, reaction, **self._context()))
+
+    def mark_read(self) -> None:
+        self._deliver(api.mark_read(self.bot_uid, self.msg.reply_target, **self._context()))
+
+    def mark_interacted(self, element_ids: Iterable[str]) -> None:
+        submission = self.msg.submission
+        if submission is None:
+            raise ValueError("mark_interacted() is for submissions of the bot's forms and cards")
+        ids = tuple(element_ids) or (submission.element_id,)
+        if submission.message_id:
+            self._deliver(api.mark_interacted(self.msg.sender.uid, submission.message_id, ids, **self._context()))
+        else:  # the form's id arrives with CometChat's answer to the send: look it up when this is sent
+            request = api.mark_interacted(self.msg.sender.uid, REF, ids, **self._context(submission.muid))
+            self._deliver(replace(request, path=f"/messages/{REF}/interacted"))
+
+    def _context(self, ref: str = "") -> dict[str, Any]:
+        return {"message_id": self.msg.id, "conversation_id": self.msg.conversation_id, "ref": ref}
+
+    def _deliver(self, request: SendRequest) -> None:
+        self.deliver(replace(request, interim=True) if self.running else request)
+
+    def _api_action(self, interaction_id: str, element_id: str, muid: str) -> dict[str, Any]:
+        maker = self.dispatcher.api_action
+        if maker is None:
+            raise ValueError("interactive messages need the interaction endpoint (an app made by build_app)")
+        return maker(interaction_id, element_id, self.msg, muid)

@@ -1,11 +1,13 @@
 """Wiring: settings + routers -> a Flask app serving the callback.
 
-``build_app`` chooses the sender (CometChat, or local mode's printer) and the
-delivery (the embedded journal and threads, or Redis + RQ with ``REDIS_URL``;
-either owns the dispatcher), registers the blueprint and the ``flask bot``
-commands, and answers every HTTP error as JSON.
-The pieces are kept on ``app.extensions["cometchat_bot"]`` (a :class:`BotApp`)
-for the testing helpers and the CLI.
+``build_app`` chooses the sender (CometChat, or local mode's printer), the
+store (the embedded journal, or Redis with ``REDIS_URL``) that keeps
+messages, replies and conversation state, the dispatcher (routers, state,
+loop guard, the actions of interactive messages) and the delivery around it
+(journal and threads, or RQ workers); it registers the blueprints and the
+``flask bot`` commands, and answers every HTTP error as JSON. The pieces are
+kept on ``app.extensions["cometchat_bot"]`` (a :class:`BotApp`) for the
+testing helpers and the CLI.
 """
 
 from __future__ import annotations
@@ -15,19 +17,23 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify
+from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from .blueprint import create_blueprint
+from . import interactions
+from .blueprint import create_blueprint, create_interactions_blueprint
 from .cli import bot_cli
 from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
 from .health import create_health_blueprint
 from .journal import Journal, RateLimit
+from .loop_guard import LoopGuard
 from .metrics import MeteredSender, Metrics
 from .pipeline import Pipeline, PipelineOptions
 from .redis_queue import RedisDelivery
 from .routing import Router
 from .settings import Settings
+from .state import RedisStateStore, SqliteStateStore, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -79,13 +85,17 @@ def build_app(
             log.warning("local mode: no CometChat credentials configured; replies are printed, not sent")
             sender = LocalSender()
     metrics = Metrics()
-    delivery = _delivery(settings, root, MeteredSender(sender, metrics), metrics)
+    tokens = interactions.Tokens(interactions.secret_for(settings), max_age=settings.interaction_ttl)
+    delivery = _delivery(settings, root, MeteredSender(sender, metrics), metrics, tokens)
     metrics.depth = delivery.depth
     state = BotApp(settings, root, sender, delivery, metrics)
 
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
     app.register_blueprint(create_blueprint(settings, delivery.dispatcher, delivery.submit, metrics))
+    app.register_blueprint(
+        create_interactions_blueprint(settings, tokens, delivery.sent_log.sent, delivery.submit, metrics)
+    )
     app.register_blueprint(create_health_blueprint(delivery, metrics))
     app.register_error_handler(HTTPException, _json_http_error)
     app.cli.add_command(bot_cli)
@@ -93,19 +103,16 @@ def build_app(
     return app
 
 
-def _delivery(settings: Settings, router: Router, sender: Sender, metrics: Metrics) -> Pipeline | RedisDelivery:
+def _delivery(
+    settings: Settings, router: Router, sender: Sender, metrics: Metrics, tokens: interactions.Tokens
+) -> Pipeline | RedisDelivery:
     retry = RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait)
     rate_limit = RateLimit.parse(settings.rate_limit)
     if settings.redis_url:
+        redis = Redis.from_url(settings.redis_url)
+        dispatcher = _dispatcher(settings, router, RedisStateStore(redis), tokens)
         return RedisDelivery(
-            settings.redis_url,
-            router,
-            sender,
-            bot_uid=settings.bot_uid,
-            dedup_ttl=settings.dedup_ttl,
-            retry=retry,
-            rate_limit=rate_limit,
-            metrics=metrics,
+            redis, dispatcher, sender, dedup_ttl=settings.dedup_ttl, retry=retry, rate_limit=rate_limit, metrics=metrics
         )
     journal = Journal(
         settings.journal_path, dedup_ttl=settings.dedup_ttl, rate_limit=rate_limit, synchronous=settings.journal_sync
@@ -115,7 +122,24 @@ def _delivery(settings: Settings, router: Router, sender: Sender, metrics: Metri
         sender_threads=settings.sender_threads,
         drain_timeout=settings.drain_timeout,
     )
-    return Pipeline(journal, router, sender, bot_uid=settings.bot_uid, retry=retry, options=options, metrics=metrics)
+    dispatcher = _dispatcher(settings, router, SqliteStateStore(journal), tokens)
+    return Pipeline(journal, dispatcher, sender, retry=retry, options=options, metrics=metrics)
+
+
+def _dispatcher(settings: Settings, router: Router, state: StateStore, tokens: interactions.Tokens) -> Dispatcher:
+    loop_guard = (
+        LoopGuard(state, limit=settings.bot_loop_limit, known_bots=settings.known_bot_uids)
+        if settings.bot_loop_limit
+        else None
+    )
+    return Dispatcher(
+        router,
+        bot_uid=settings.bot_uid,
+        state=state,
+        state_ttl=settings.state_ttl,
+        loop_guard=loop_guard,
+        api_action=interactions.ActionMaker(tokens, interactions.endpoint_url(settings)),
+    )
 
 
 def bot_app(app: Flask) -> BotApp:

@@ -145,6 +145,107 @@ class PredicateFilter:
         return f"predicate {getattr(self.predicate, '__qualname__', repr(self.predicate))}"
 
 
+class MentionFilter:
+    """Messages that @mention the bot (``<@uid:bot>`` in the text or in ``data.mentions``)."""
+
+    accepts_actions = False
+
+    def __call__(self, msg: Message) -> Captures | None:
+        return {} if msg.bot_mentioned and msg.category != "action" else None
+
+    def describe(self) -> str:
+        return "mentions the bot"
+
+
+class ThreadFilter:
+    """Replies inside a thread (``parentId`` set), optionally of one parent message."""
+
+    accepts_actions = False
+
+    def __init__(self, parent_id: str | None = None) -> None:
+        self.parent_id = parent_id
+
+    def __call__(self, msg: Message) -> Captures | None:
+        if msg.parent_id is None or (self.parent_id is not None and msg.parent_id != self.parent_id):
+            return None
+        return {}
+
+    def describe(self) -> str:
+        return "thread reply" + (f" under {self.parent_id}" if self.parent_id else "")
+
+
+class SubmitFilter:
+    """Submissions of an interactive message (form, card, scheduler) the bot sent, by its interaction id."""
+
+    accepts_actions = False
+
+    def __init__(self, *interaction_ids: str) -> None:
+        if not interaction_ids:
+            raise ValueError("on_submit needs the id of the form or card (Form('booking', ...) -> 'booking')")
+        self.ids = frozenset(interaction_ids)
+
+    def __call__(self, msg: Message) -> Captures | None:
+        submission = msg.submission
+        if submission is None or submission.interaction_id not in self.ids:
+            return None
+        return {"values": submission.values, "submission": submission}
+
+    def describe(self) -> str:
+        return "submit of " + " | ".join(sorted(self.ids))
+
+
+class StepFilter:
+    """Another filter, taken only while the conversation's state is at one of ``steps``.
+
+    ``"*"`` means any step (inside a dialog). The inner filter runs first, so
+    the state is loaded only for messages that could match.
+    """
+
+    def __init__(self, inner: Filter, steps: str | Iterable[str], scope: Callable[[], str]) -> None:
+        self.inner = inner
+        self.steps = frozenset([steps] if isinstance(steps, str) else steps)
+        if not self.steps or not all(isinstance(step, str) and step for step in self.steps):
+            raise ValueError("state= takes a step name, several, or '*' for any step")
+        self.scope = scope  # the router's state scope, read at match time
+        self.accepts_actions = inner.accepts_actions
+
+    def __call__(self, msg: Message) -> Captures | None:
+        captures = self.inner(msg)
+        if captures is None:
+            return None
+        step = msg.state_for(self.scope()).step
+        if step is None or ("*" not in self.steps and step not in self.steps):
+            return None
+        return captures
+
+    def describe(self) -> str:
+        return f"{self.inner.describe()} [state {' | '.join(sorted(self.steps))}]"
+
+
+#: Which group messages a router answers (``Router(group_policy=...)``), named as in CometChat's
+#: ``groupChatSetting`` (PLATFORM.md 1.4) or shorter. Other categories (actions, submissions) are not affected.
+GROUP_POLICIES = {
+    "all": "all",
+    "allMessages": "all",
+    "mentioned": "mentioned",
+    "mentionedMessages": "mentioned",
+    "commands": "commands",
+    "slashedMessages": "commands",
+    "none": "none",
+}
+
+
+def group_policy_admits(policy: str, msg: Message) -> bool:
+    """Whether a router with ``policy`` may answer ``msg`` (always, outside groups)."""
+    if not msg.is_group or msg.category not in ("message", "custom") or policy == "all":
+        return True
+    if policy == "mentioned":
+        return msg.bot_mentioned
+    if policy == "commands":
+        return msg.type == "text" and msg.text.startswith("/")
+    return False
+
+
 class AnyText:
     """Every text message: the filter of a fallback handler."""
 

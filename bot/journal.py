@@ -10,7 +10,8 @@ app on a host. Its tables:
   send a reply twice;
 * ``dead_letters``: replies that finally failed, kept for inspection;
 * ``sent``: the CometChat ids of replies that later requests refer to (an
-  edit of a "working on it..." message, the submissions of a form).
+  edit of a "working on it..." message, the submissions of a form);
+* ``state``: conversation state (:class:`bot.state.SqliteStateStore`).
 
 **Lanes.** A row may run only when no earlier row of the same conversation is
 still in its table (running or waiting). That keeps handlers, and separately
@@ -27,6 +28,7 @@ killed; only an OS crash or power loss can lose the last commits
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -99,6 +101,14 @@ CREATE TABLE IF NOT EXISTS sent (
     conversation TEXT NOT NULL,
     body         TEXT,              -- the request body, for interactive messages
     expires_at   REAL NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS state (
+    key          TEXT    PRIMARY KEY,  -- bot, conversation (and user): see bot/state.py
+    data         TEXT    NOT NULL,
+    step         TEXT,
+    version      INTEGER NOT NULL,
+    expires_at   REAL    NOT NULL
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rate_bucket (
@@ -287,6 +297,14 @@ class Journal:
         con = self._connection()
         return self._retrying(lambda: con.execute(sql, args).fetchall())
 
+    def write(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A write transaction on the journal's file, for other stores that keep their table here."""
+        return self._write()
+
+    def read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        """Rows of a query (retried while another process holds the lock)."""
+        return self._read(sql, args)
+
     @staticmethod
     def _retrying(operation: Callable[[], T], timeout: float = 30.0) -> T:
         """Run ``operation``, retrying while another process holds the database lock (up to ``timeout`` s)."""
@@ -314,7 +332,9 @@ class Journal:
 
     # ------------------------------------------------------------ inbox
 
-    def accept(self, bot: str, conversation: str, message_id: str, body: bytes, *, claim: bool) -> InboxItem | bool:
+    def accept(
+        self, bot: str, conversation: str, message_id: str, body: bytes, *, claim: bool, dedup_ttl: float | None = None
+    ) -> InboxItem | bool:
         """Record an accepted callback. False if it was seen within the dedup window (a redelivery).
 
         With ``claim``, the row is claimed for this process at once when its
@@ -323,7 +343,7 @@ class Journal:
         """
         now = time.time()
         with self._write() as con:
-            if not self._first_sighting(con, f"m\x1f{bot}\x1f{message_id}", now):
+            if not self._first_sighting(con, f"m\x1f{bot}\x1f{message_id}", now, dedup_ttl):
                 return False
             owner = self.owner if claim else None
             row = con.execute(
@@ -592,12 +612,12 @@ class Journal:
 
     # ------------------------------------------------------------ housekeeping
 
-    def _first_sighting(self, con: sqlite3.Connection, key: str, now: float) -> bool:
+    def _first_sighting(self, con: sqlite3.Connection, key: str, now: float, ttl: float | None = None) -> bool:
         """Record ``key`` in the dedup window; False if it is already there (and not expired)."""
         cursor = con.execute(
             "INSERT INTO seen (key, expires_at) VALUES (?1, ?2) "
             "ON CONFLICT (key) DO UPDATE SET expires_at = ?2 WHERE seen.expires_at < ?3",
-            (key, now + self.dedup_ttl, now),
+            (key, now + (self.dedup_ttl if ttl is None else ttl), now),
         )
         return cursor.rowcount == 1
 
@@ -622,7 +642,7 @@ class Journal:
         return (inbox, outbox)
 
     def purge_seen(self, batch: int = 10_000) -> int:
-        """Forget dedup keys and sent ids past their window (in batches, to keep write locks short)."""
+        """Forget dedup keys, sent ids and states past their time (in batches, to keep write locks short)."""
         now = time.time()
         with self._write() as con:
             forgotten = con.execute(
@@ -630,6 +650,9 @@ class Journal:
             ).rowcount
             forgotten += con.execute(
                 "DELETE FROM sent WHERE muid IN (SELECT muid FROM sent WHERE expires_at < ? LIMIT ?)", (now, batch)
+            ).rowcount
+            forgotten += con.execute(
+                "DELETE FROM state WHERE key IN (SELECT key FROM state WHERE expires_at <= ? LIMIT ?)", (now, batch)
             ).rowcount
         return forgotten
 

@@ -1,18 +1,24 @@
 """The typed message a handler receives.
 
 A :class:`Message` is built once from a validated callback (see
-``schemas.py``) and never mutated: routing gives each handler a copy with its
-own ``match`` (what the filter captured). ``msg.reply(...)`` sends at once,
-through whatever the dispatcher bound to the message.
+``schemas.py``), or from a verified form submission (``interactions.py``),
+and never mutated: routing gives each handler a copy with its own ``match``
+(what the filter captured). ``msg.reply(...)``, ``msg.react(...)`` and the
+other actions go out through the turn the dispatcher bound to the message,
+in order with the handler's replies; ``msg.state`` is the conversation's
+state, bound the same way.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .state import State
 
 #: ``<@uid:alice>`` mention tokens inside text (PLATFORM.md 2.4).
 MENTION_TOKEN = re.compile(r"<@uid:([^>\s]+)>")
@@ -59,6 +65,26 @@ class Target:
 
 
 @dataclass(frozen=True)
+class Submission:
+    """What a user entered in (or clicked on) an interactive message the bot sent."""
+
+    interaction_id: str  # the form's / card's id: Form("booking", ...) -> "booking"
+    element_id: str  # the element clicked (the submit button, a card button)
+    values: Mapping[str, Any] = field(default_factory=dict)  # form values by element id
+    message_id: str = ""  # CometChat's id of the interactive message
+    muid: str = ""  # the muid the bot gave it
+    original: Mapping[str, Any] | None = None  # the message as the bot sent it (when recorded)
+    timezone: str = ""  # the user's time zone, as the UI kit reports it
+
+
+@dataclass(frozen=True)
+class ReplyRef:
+    """A reply sent with ``msg.reply()``, to edit or delete later (``msg.edit(ref, "...")``)."""
+
+    muids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Message:
     id: str
     category: str
@@ -80,10 +106,14 @@ class Message:
     trigger: str = "after_message"
     raw: Mapping[str, Any] = field(default_factory=dict)  # the message object as CometChat sent it
 
-    # Set by routing for the handler that runs.
+    submission: Submission | None = None  # for category "interaction": a form or card the bot sent, submitted
+
+    # Set by the dispatcher for the handler that runs.
     match: Mapping[str, Any] = field(default_factory=dict)
     command: Command | None = None
-    _replier: Callable[..., None] | None = field(default=None, repr=False, compare=False)
+    state_scope: str = "conversation"  # the scope of msg.state: the matching router's
+    _turn: Any = field(default=None, repr=False, compare=False)  # sends replies and actions (dispatch._Turn)
+    _states: Any = field(default=None, repr=False, compare=False)  # loads states (state.StateSession)
 
     @property
     def is_group(self) -> bool:
@@ -109,11 +139,51 @@ class Message:
             return Target(self.receiver, "group")
         return Target(self.sender.uid, "user")
 
-    def reply(self, *replies: Any) -> None:
-        """Send replies now (before whatever the handler returns), in order."""
-        if self._replier is None:
-            raise RuntimeError("this message is not being handled; msg.reply() works inside a handler")
-        self._replier(*replies)
+    # ------------------------------------------------------------ state
+
+    @property
+    def state(self) -> State:
+        """The conversation's state (per user in groups for ``Router(state_scope="user")``): a dict and a step."""
+        return self.state_for(self.state_scope)
+
+    def state_for(self, scope: str) -> State:
+        if self._states is None:
+            raise RuntimeError(
+                "this message has no state bound: msg.state works inside a handler "
+                "(or from bot.testing.make_message(..., state={...}))"
+            )
+        return self._states.get(scope)
+
+    # ------------------------------------------------------------ acting (inside a handler)
+
+    def reply(self, *replies: Any, in_thread: bool | None = None) -> ReplyRef:
+        """Send replies now (before whatever the handler returns), in order; the ref edits or deletes them."""
+        return self._acting().send_interim(*replies, in_thread=in_thread)
+
+    def edit(self, ref: ReplyRef, text: str | None = None, *, metadata: Mapping[str, Any] | None = None) -> None:
+        """Edit a reply sent earlier with ``msg.reply()`` (e.g. "Thinking..." -> the answer)."""
+        self._acting().edit(ref, text=text, metadata=metadata)
+
+    def delete(self, ref: ReplyRef) -> None:
+        """Delete a reply sent earlier with ``msg.reply()``."""
+        self._acting().delete(ref)
+
+    def react(self, reaction: str) -> None:
+        """React to this message as the bot (``msg.react("👍")``)."""
+        self._acting().react(reaction)
+
+    def mark_read(self) -> None:
+        """Mark this conversation read for the bot."""
+        self._acting().mark_read()
+
+    def mark_interacted(self, *element_ids: str) -> None:
+        """Mark a submitted form's (or card's) elements interacted for the user (default: the clicked one)."""
+        self._acting().mark_interacted(element_ids)
+
+    def _acting(self) -> Any:
+        if self._turn is None:
+            raise RuntimeError("this message is not being handled; msg.reply() and friends work inside a handler")
+        return self._turn
 
     def with_(self, **changes: Any) -> Message:
         return replace(self, **changes)

@@ -40,6 +40,9 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.callbacks = Counter(f"{PREFIX}_callbacks", "Callbacks answered, by outcome", ["outcome"], registry=r)
+        self.interactions = Counter(
+            f"{PREFIX}_interactions", "Form and card submissions answered, by outcome", ["outcome"], registry=r
+        )
         self.handler_seconds = Histogram(
             f"{PREFIX}_handler_seconds", "Time handling a message, by outcome", ["outcome"], registry=r,
             buckets=LATENCY_BUCKETS,

@@ -26,7 +26,6 @@ processes because every claim goes through the journal's lane rule.
 from __future__ import annotations
 
 import atexit
-import json
 import logging
 import math
 import os
@@ -47,8 +46,7 @@ from .errors import CometChatError, DeliveryUnavailable
 from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
-from .routing import Router
-from .schemas import parse_callback
+from .schemas import parse_stored
 
 log = logging.getLogger(__name__)
 
@@ -74,21 +72,20 @@ class Pipeline:
     def __init__(
         self,
         journal: Journal,
-        router: Router,
+        dispatcher: Dispatcher,
         sender: Sender,
         *,
-        bot_uid: str = "",
         retry: RetryPolicy | None = None,
         options: PipelineOptions | None = None,
         metrics: Metrics | None = None,
     ) -> None:
         self.journal = journal
         self.metrics = metrics or Metrics()
-        self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
+        self.dispatcher = dispatcher
         self.sender = sender
         self.retry = retry or RetryPolicy()
         self.options = options or PipelineOptions()
-        self.bot_uid = bot_uid
+        self.bot_uid = dispatcher.bot_uid
         self.stats = _Stats()
         self._pid: int | None = None
         self._lock = threading.Lock()
@@ -171,13 +168,18 @@ class Pipeline:
 
     # ------------------------------------------------------------ intake (request thread)
 
-    def submit(self, msg: Message, body: bytes) -> str:
-        """Journal an accepted callback; returns "accepted" or "duplicate". Handling happens later."""
+    def submit(self, msg: Message, body: bytes, *, dedup_ttl: float | None = None) -> str:
+        """Journal an accepted callback (or submission); returns "accepted" or "duplicate". Handling happens later.
+
+        ``dedup_ttl`` overrides how long the message id is remembered against a redelivery.
+        """
         if self._pid != os.getpid():
             self.start()
         claim = self._reserve("handler")
         try:
-            result = self.journal.accept(msg.bot_uid, msg.conversation_id, msg.id, body, claim=claim)
+            result = self.journal.accept(
+                msg.bot_uid, msg.conversation_id, msg.id, body, claim=claim, dedup_ttl=dedup_ttl
+            )
         except sqlite3.Error as exc:
             self._release_handler_slot(int(claim))
             log.error("message %s in %s: journal unavailable: %s", msg.id, msg.conversation_id, exc)
@@ -238,13 +240,13 @@ class Pipeline:
             )  # fmt: skip
             return self.journal.dead_letter_message(item, f"claimed {item.attempts} times without finishing")
         if msg is None:
-            msg = parse_callback(json.loads(item.body), bot_uid=self.bot_uid).message
+            msg = parse_stored(item.body, bot_uid=self.bot_uid)
         if msg is not None:
             # A re-run (after a crash) sends nothing inline: its replies go through the outbox, whose muid
             # check skips those the first run had queued.
             self._current.handling = _Handling(item, inline=None if item.attempts == 1 else False)
             try:
-                outcome = self.dispatcher.handle(msg)
+                outcome = self.dispatcher.handle(msg, self.deliver)
             finally:
                 self._current.handling = None
             self.stats.count(outcome.status)
@@ -455,6 +457,11 @@ class Pipeline:
             self._wake.set()
             with self._lock:
                 self._idle.wait(0.02)
+
+    @property
+    def sent_log(self) -> Journal:
+        """Where the ids of delivered replies others refer to are kept."""
+        return self.journal
 
     def depth(self) -> Depth:
         """What the journal holds: messages and replies waiting or running, dead letters."""

@@ -30,8 +30,10 @@ How the guarantees are kept, with the engine's own mechanisms:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -48,8 +50,7 @@ from .errors import CometChatError, DeliveryUnavailable
 from .journal import SENT_TTL, RateLimit, SentRecord
 from .message import Message
 from .metrics import Metrics
-from .routing import Router
-from .schemas import parse_callback
+from .schemas import parse_stored
 
 log = logging.getLogger(__name__)
 
@@ -95,22 +96,21 @@ class RedisDelivery:
 
     def __init__(
         self,
-        redis_url: str,
-        router: Router,
+        redis: Redis,
+        dispatcher: Dispatcher,
         sender: Sender,
         *,
-        bot_uid: str = "",
         dedup_ttl: float = 3600.0,
         retry: RetryPolicy | None = None,
         rate_limit: RateLimit | None = None,
         metrics: Metrics | None = None,
     ) -> None:
-        self.redis = Redis.from_url(redis_url)
+        self.redis = redis
         self.metrics = metrics or Metrics()
         self.queue = Queue(QUEUE, connection=self.redis)
-        self.dispatcher = Dispatcher(router, self.deliver, bot_uid=bot_uid)
+        self.dispatcher = dispatcher
         self.sender = sender
-        self.bot_uid = bot_uid
+        self.bot_uid = dispatcher.bot_uid
         self.dedup_ttl = max(1, int(dedup_ttl))
         self.retry = retry or RetryPolicy()
         self.rate_limit = rate_limit
@@ -118,20 +118,20 @@ class RedisDelivery:
 
     # ------------------------------------------------------------ web side
 
-    def submit(self, msg: Message, body: bytes) -> str:
+    def submit(self, msg: Message, body: bytes, *, dedup_ttl: float | None = None) -> str:
         """Deduplicate and enqueue; returns "accepted" or "duplicate"."""
         try:
-            return self._enqueue(msg, body)
+            return self._enqueue(msg, body, self.dedup_ttl if dedup_ttl is None else max(1, int(dedup_ttl)))
         except RedisError as exc:
             log.error("message %s in %s: Redis unavailable: %s", msg.id, msg.conversation_id, exc)
             raise DeliveryUnavailable("the bot cannot record messages right now (Redis); try again") from exc
 
-    def _enqueue(self, msg: Message, body: bytes) -> str:
+    def _enqueue(self, msg: Message, body: bytes, dedup_ttl: int) -> str:
         bot = msg.bot_uid or self.bot_uid
         seen_key = f"{PREFIX}:seen:{bot}:{msg.id}"
-        if not self.redis.set(seen_key, 1, nx=True, ex=self.dedup_ttl):
+        if not self.redis.set(seen_key, 1, nx=True, ex=dedup_ttl):
             return "duplicate"
-        job_id = f"msg-{bot}-{msg.id}"
+        job_id = job_id_for(msg.id, bot)
         try:
             previous = self.redis.set(f"{PREFIX}:lane:{bot}:{msg.conversation_id}", job_id, get=True, ex=CHAIN_TTL)
             depends_on = Dependency(jobs=[previous.decode()], allow_failure=True) if previous else None
@@ -154,6 +154,11 @@ class RedisDelivery:
             description=f"message {msg.id} in {msg.conversation_id}",
         )
 
+    @property
+    def sent_log(self) -> RedisDelivery:
+        """Where the ids of delivered replies others refer to are kept (Redis)."""
+        return self
+
     def start(self) -> None:
         """Nothing runs in web processes: RQ workers do the work."""
 
@@ -164,10 +169,10 @@ class RedisDelivery:
 
     def process(self, body: bytes) -> str:
         """Run one message's handler and send its replies (in an RQ worker)."""
-        msg = parse_callback(json.loads(body), bot_uid=self.bot_uid).message
+        msg = parse_stored(body, bot_uid=self.bot_uid)
         if msg is None:
             return "no message"
-        outcome = self.dispatcher.handle(msg)
+        outcome = self.dispatcher.handle(msg, self.deliver)
         self.metrics.handled(outcome)
         return outcome.status
 
@@ -287,6 +292,18 @@ def process_message(body: bytes) -> str:
     return _current.process(body)
 
 
+def job_id_for(message_id: str, bot: str) -> str:
+    """The RQ job id of a message: readable when RQ allows it (letters, digits, ``_``, ``-``), else a digest
+    (submission ids hold ``:`` and user uids)."""
+    readable = f"msg-{bot}-{message_id}"
+    if _JOB_ID.fullmatch(readable):
+        return readable
+    return "msg-" + hashlib.sha256(f"{bot}\x1f{message_id}".encode()).hexdigest()[:40]
+
+
+_JOB_ID = re.compile(r"[A-Za-z0-9_-]+")
+
+
 def job_for(message_id: str, bot: str, redis: Redis) -> Job:
     """The RQ job of a message (for tests and inspection)."""
-    return Job.fetch(f"msg-{bot}-{message_id}", connection=redis)
+    return Job.fetch(job_id_for(message_id, bot), connection=redis)

@@ -10,6 +10,7 @@ Nothing here does I/O.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import mimetypes
@@ -29,6 +30,11 @@ log = logging.getLogger(__name__)
 
 #: CometChat rejects a message whose ``data`` exceeds 10 KB (PLATFORM.md 4.6). We keep a margin.
 MAX_DATA_BYTES = 10_000
+#: The metadata key stamped on every reply: ``{"@bot": "<bot uid>"}``. Other bots built with this framework
+#: recognise the message as a bot's (bot/loop_guard.py); CometChat's clients ignore unknown metadata.
+MARKER = "@bot"
+#: Room kept in a message's ``data`` for the marker (a bot uid is at most 50 characters).
+_MARKER_ROOM = len(f',"{MARKER}":""') + 50
 #: Tags: at most 25, each at most 100 characters (PLATFORM.md 4.2).
 MAX_TAGS, MAX_TAG_LENGTH = 25, 100
 
@@ -42,8 +48,8 @@ class ReplyContext:
     target: Target
     bot_uid: str = "bot"
     muid: str = ""
-    #: ``api_action(interaction_id, element_id)`` -> the ``apiAction`` of a button that reports back to this
-    #: app (a URL on the framework's server with a signed token); None where none can be made.
+    #: ``api_action(interaction_id, element_id)`` -> the ``action`` of a button that reports back to this
+    #: app (an ``apiAction`` to a URL on the framework's server with a signed token); None where none can be made.
     api_action: Callable[[str, str], dict[str, Any]] | None = None
 
 
@@ -67,8 +73,7 @@ class Reply(ABC):
     def body(self, ctx: ReplyContext) -> dict[str, Any]:
         """The Send Bot Message body for ``ctx.target`` (without ``muid``, which the request adds)."""
         data = self.data(ctx)
-        if self.metadata:
-            data["metadata"] = dict(self.metadata)
+        data["metadata"] = {**(self.metadata or {}), MARKER: ctx.bot_uid}
         body: dict[str, Any] = {
             "receiver": ctx.target.receiver,
             "receiverType": ctx.target.receiver_type,
@@ -110,7 +115,7 @@ class Text(Reply):
         if not self.text.strip():
             log.warning("not sending an empty text reply (CometChat rejects empty text)")
             return
-        budget = MAX_DATA_BYTES - _json_size({"text": "", "metadata": dict(self.metadata or {})})
+        budget = MAX_DATA_BYTES - _json_size({"text": "", "metadata": dict(self.metadata or {})}) - _MARKER_ROOM
         if budget < 1000:
             raise ValueError("reply metadata leaves no room for text under the 10 KB data limit")
         for chunk in split_text(self.text, budget):
@@ -215,20 +220,24 @@ def build_requests(
     first_seq: int = 0,
     in_thread: bool | None = None,
     remember: bool = False,
-    api_action: Callable[[str, str], dict[str, Any]] | None = None,
+    api_action: Callable[[str, str, str], dict[str, Any]] | None = None,
 ) -> list[SendRequest]:
     """Requests for ``replies`` to ``msg``, numbered from ``first_seq`` for their muids.
 
     ``in_thread`` applies to replies that leave it open; ``remember`` records the
     created messages' ids (for later edits); interactive messages are always
     remembered (a submission is checked against the message it came from).
+    ``api_action(interaction_id, element_id, muid)`` makes the actions of
+    interactive messages.
     """
     target = msg.reply_target
     requests: list[SendRequest] = []
     seq = first_seq
     for reply in replies:
         for part in reply.parts():
-            ctx = ReplyContext(target, bot_uid, muid(bot_uid, msg.id, seq), api_action)
+            reply_muid = muid(bot_uid, msg.id, seq)
+            bound = None if api_action is None else functools.partial(_bound_action, api_action, reply_muid)
+            ctx = ReplyContext(target, bot_uid, reply_muid, bound)
             body = part.body(ctx)
             body["muid"] = ctx.muid
             context = {
@@ -243,6 +252,12 @@ def build_requests(
                 requests.append(api.bot_message(bot_uid, body, **context))
             seq += 1
     return requests
+
+
+def _bound_action(
+    api_action: Callable[[str, str, str], dict[str, Any]], muid: str, interaction_id: str, element_id: str
+) -> dict[str, Any]:
+    return api_action(interaction_id, element_id, muid)
 
 
 def thread_parent(msg: Message, in_thread: bool | None) -> str | None:

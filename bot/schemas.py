@@ -14,6 +14,7 @@ import; loading one callback does not build anything else.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -22,7 +23,12 @@ from typing import Any, ClassVar
 from marshmallow import EXCLUDE, INCLUDE, Schema, ValidationError, fields, validate
 
 from .errors import InvalidCallback
-from .message import MENTION_TOKEN, Attachment, Message, User, normalise_mentions
+from .message import MENTION_TOKEN, Attachment, Message, Submission, User, normalise_mentions
+
+#: What the UI kit sends to an apiAction URL (PLATFORM.md 5.4); also the trigger of journaled submissions.
+INTERACTION_TRIGGER = "ui_message_interacted"
+#: Where kits other than the v4 web kit put form values: the action's ``dataKey`` (PLATFORM.md 5.3).
+DATA_KEYS = ("CometChatData", "cometchatData")
 
 MESSAGE_TRIGGERS = {
     "after_message": ("data",),  # bot callback and legacy webhook
@@ -171,8 +177,24 @@ class MessageSchema(Schema):
     parentId = Id(load_default=None, allow_none=True)
 
 
+class InteractionDataSchema(Schema):
+    """``data`` of a submission from the UI kit (PLATFORM.md 5.4); the token says the rest."""
+
+    class Meta:
+        unknown = EXCLUDE
+
+    interactedBy = fields.String(load_default="")
+    interactedElementId = fields.String(load_default="")
+    messageId = Id(load_default="")
+    messageType = fields.String(load_default="")
+    interactionTimezoneCode = fields.String(load_default="", allow_none=True)
+    formData = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
+    schedulerData = fields.Dict(keys=fields.String(), load_default=None, allow_none=True)
+
+
 ENVELOPE = EnvelopeSchema()
 MESSAGE = MessageSchema()
+INTERACTION_DATA = InteractionDataSchema()
 
 
 # ------------------------------------------------------------------ parsing
@@ -218,6 +240,92 @@ def parse_callback(body: Any, *, bot_uid: str = "") -> Callback:
     except ValidationError as exc:
         raise _invalid(exc.messages, prefix=".".join(path) + ".") from None
     return Callback(trigger=trigger, bot=addressed, message=_build_message(loaded, raw, bot=bot, trigger=trigger))
+
+
+@dataclass(frozen=True)
+class Interaction:
+    """A submission as the UI kit sent it, validated, before its token is checked (bot/interactions.py)."""
+
+    token: str
+    user: str  # who clicked, as the client claims ("" when the kit does not say)
+    element_id: str
+    message_id: str
+    message_type: str
+    values: dict[str, Any]
+    timezone: str = ""
+
+
+def parse_interaction(body: Any) -> Interaction:
+    """Validate what a UI kit posted to an apiAction URL: the token in ``payload`` (or at the top level) and the
+    values under ``data.formData`` / ``data.schedulerData`` (v4 web kit) or the action's ``dataKey``."""
+    if not isinstance(body, dict):
+        raise InvalidCallback(f"the submission must be a JSON object, not {_json_type(body)}")
+    payload = body.get("payload")
+    token = payload.get("token") if isinstance(payload, dict) else None
+    token = token or body.get("token")
+    if not isinstance(token, str) or not token:
+        raise InvalidCallback("the submission carries no token", fields={"payload.token": ["Missing."]})
+    data = body.get("data", {})
+    if not isinstance(data, dict):
+        raise InvalidCallback(
+            "data must be an object", fields={"data": [f"Expected an object, got {_json_type(data)}."]}
+        )
+    try:
+        loaded = INTERACTION_DATA.load(data)
+    except ValidationError as exc:
+        raise _invalid(exc.messages, prefix="data.") from None
+    values = loaded["formData"] if loaded["formData"] is not None else loaded["schedulerData"]
+    if values is None:
+        values = next((body[key] for key in DATA_KEYS if isinstance(body.get(key), dict)), {})
+    user = loaded["interactedBy"] or body.get("interactedBy") or ""
+    if not isinstance(user, str):
+        raise InvalidCallback("interactedBy must be a uid", fields={"interactedBy": ["Not a valid string."]})
+    return Interaction(
+        token=token,
+        user=user.strip(),
+        element_id=loaded["interactedElementId"],
+        message_id=loaded["messageId"],
+        message_type=loaded["messageType"],
+        values=dict(values),
+        timezone=loaded["interactionTimezoneCode"] or "",
+    )
+
+
+def parse_stored(body: bytes, *, bot_uid: str = "") -> Message | None:
+    """The message of a journaled (or enqueued) body: a callback as received, or a verified submission."""
+    event = json.loads(body)
+    if isinstance(event, dict) and event.get("trigger") == INTERACTION_TRIGGER and "claims" in event:
+        return submission_message(event, bot_uid=bot_uid)
+    return parse_callback(event, bot_uid=bot_uid).message
+
+
+def submission_message(event: Mapping[str, Any], *, bot_uid: str = "") -> Message:
+    """The :class:`Message` of a verified submission (``bot.interactions.verify``): category ``interaction``,
+    from the user who submitted, answered where the form was sent."""
+    c = event["claims"]
+    return Message(
+        id=f"{c['m']}:{c['e']}:{event['user']}",
+        category="interaction",
+        type=event["message_type"] or "form",
+        sender=User(uid=event["user"]),
+        receiver=c["r"],
+        receiver_type=c["t"],
+        conversation_id=c["c"],
+        parent_id=c["p"] or None,
+        sent_at=datetime.fromtimestamp(event["received_at"], tz=UTC),
+        bot_uid=bot_uid or c["b"],
+        trigger=INTERACTION_TRIGGER,
+        raw=event,
+        submission=Submission(
+            interaction_id=c["i"],
+            element_id=c["e"],
+            values=event["values"],
+            message_id=event["message_id"],
+            muid=c["m"],
+            original=event["original"],
+            timezone=event["timezone"],
+        ),
+    )
 
 
 def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:

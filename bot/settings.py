@@ -35,6 +35,15 @@ class Settings:
     # Handler discovery.
     bots_package: str = "bots"
 
+    # Conversations and interactive messages.
+    state_ttl: float = 86400.0  # seconds a conversation's state lives after its last change
+    bot_loop_limit: int = 3  # bot messages answered in a row in a conversation before the bot stops (0: no limit)
+    known_bots: str = ""  # comma-separated uids of other bots (those built with this framework are recognised)
+    public_url: str = ""  # https address of this app, for the buttons of forms and cards
+    interactions_path: str = "/cometchat/interactions"
+    interaction_ttl: float = 7 * 86400.0  # how long a form or card can be submitted
+    secret_key: str = field(default="", repr=False)  # signs interaction tokens (default: derived from the API key)
+
     # Outbound HTTP.
     http_timeout: float = 10.0
     max_retries: int = 5
@@ -79,6 +88,14 @@ class Settings:
             )
         if not self.callback_path.startswith("/"):
             problems.append(f"CALLBACK_PATH must start with '/' (got {self.callback_path!r})")
+        if not self.interactions_path.startswith("/") or self.interactions_path == self.callback_path:
+            problems.append("INTERACTIONS_PATH must start with '/' and differ from CALLBACK_PATH")
+        if self.public_url and not self.public_url.startswith(("https://", "http://")):
+            problems.append(f"PUBLIC_URL must be an http(s) URL (got {self.public_url!r})")
+        if self.state_ttl <= 0 or self.interaction_ttl <= 0:
+            problems.append("STATE_TTL and INTERACTION_TTL must be positive")
+        if self.bot_loop_limit < 0:
+            problems.append("BOT_LOOP_LIMIT must not be negative (0 turns the guard off)")
         if self.callback_max_bytes <= 0:
             problems.append("CALLBACK_MAX_BYTES must be positive")
         if self.handler_threads < 1 or self.sender_threads < 1:
@@ -105,6 +122,10 @@ class Settings:
         if self.api_url:
             return self.api_url
         return f"https://{self.app_id}.api-{self.region}.cometchat.io/v3"
+
+    @property
+    def known_bot_uids(self) -> tuple[str, ...]:
+        return tuple(uid.strip().lower() for uid in self.known_bots.split(",") if uid.strip())
 
     def replace(self, **changes: object) -> Settings:
         return dataclasses.replace(self, **changes)

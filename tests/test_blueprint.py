@@ -333,9 +333,15 @@ def test_text_user_reaches_cometchat_as_exactly_these_requests(post, payload, fa
             "receiverType": "user",
             "category": "message",
             "type": "text",
-            "data": {"text": "Sure, Alice, here is what I can do."},
+            "data": {"text": "Sure, Alice, here is what I can do.", "metadata": {"@bot": BOT_UID}},
         },
-        {"receiver": "alice", "receiverType": "user", "category": "message", "type": "text", "data": {"text": HELP}},
+        {
+            "receiver": "alice",
+            "receiverType": "user",
+            "category": "message",
+            "type": "text",
+            "data": {"text": HELP, "metadata": {"@bot": BOT_UID}},
+        },
     ]
     assert len({b["muid"] for b in bodies}) == 2
 

@@ -96,7 +96,7 @@ def test_a_reply_goes_to_the_sender_through_the_bots_send_path(sent, dispatch):
     assert request.path == "/bots/helpdesk-bot/messages"
     assert (request.message_id, request.conversation_id, request.interim) == ("m-1", "bob_user_bot", False)
     assert request.body["receiver"] == "bob" and request.body["receiverType"] == "user"
-    assert request.body["data"] == {"text": "hello Bob"}
+    assert request.body["data"] == {"text": "hello Bob", "metadata": {"@bot": "helpdesk-bot"}}
 
 
 def test_replies_to_a_group_message_go_to_the_group(sent, dispatch):

@@ -12,10 +12,12 @@ import pytest
 from bot import Router
 from bot.api import SendRequest
 from bot.client import RetryPolicy
+from bot.dispatch import Dispatcher
 from bot.errors import NotFound, RateLimited, ServerError
 from bot.journal import Journal
 from bot.pipeline import Pipeline, PipelineOptions
 from bot.schemas import parse_callback
+from bot.state import SqliteStateStore
 from bot.testing import make_callback
 
 
@@ -51,11 +53,11 @@ class ScriptedSender:
 
 def make_pipeline(tmp_path, router: Router, sender: ScriptedSender, **options) -> Pipeline:
     retry = RetryPolicy(max_retries=options.pop("max_retries", 3), base_delay=0.01, max_delay=0.05)
+    journal = Journal(tmp_path / "journal.sqlite3")
     pipeline = Pipeline(
-        Journal(tmp_path / "journal.sqlite3"),
-        router,
+        journal,
+        Dispatcher(router, bot_uid="bot", state=SqliteStateStore(journal)),
         sender,
-        bot_uid="bot",
         retry=retry,
         options=PipelineOptions(poll_interval=0.05, **options),
     )
@@ -244,7 +246,7 @@ def test_handler_rerun_after_a_crash_does_not_send_an_interim_reply_twice(tmp_pa
     pipeline.submit(message, json.dumps(body).encode())
     assert pipeline.wait_idle(5)
     assert sender.texts() == ["working on it", "done"]
-    pipeline.dispatcher.handle(message)
+    pipeline.dispatcher.handle(message, pipeline.deliver)
     assert pipeline.wait_idle(5)
     assert sender.texts().count("working on it") == 1
 

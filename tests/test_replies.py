@@ -28,12 +28,16 @@ def data_size(body: dict) -> int:
 @pytest.mark.parametrize(
     ("reply", "type_", "data"),
     [
-        (Text("hi"), "text", {"text": "hi"}),
+        (Text("hi"), "text", {"text": "hi", "metadata": {"@bot": "bot"}}),
         (Image(url="https://x/c.png"), "image", None),
         (File(url="https://x/r.pdf", name="r.pdf"), "file", None),
         (Audio(url="https://x/a.mp3"), "audio", None),
         (Video(url="https://x/v.mp4"), "video", None),
-        (Custom("location", {"lat": 1.5, "lon": 2}), "location", {"customData": {"lat": 1.5, "lon": 2}}),
+        (
+            Custom("location", {"lat": 1.5, "lon": 2}),
+            "location",
+            {"customData": {"lat": 1.5, "lon": 2}, "metadata": {"@bot": "bot"}},
+        ),
     ],
 )
 def test_bodies_for_a_one_to_one_message_go_to_the_sender(reply, type_, data):
@@ -121,5 +125,6 @@ def test_media_needs_a_url_and_custom_needs_data():
 
 def test_metadata_and_tags_travel_with_the_reply():
     [request] = build_requests(make_message("q"), [Text("hi", metadata={"k": 1}, tags=["faq"])], bot_uid="bot")
-    assert request.body["data"] == {"text": "hi", "metadata": {"k": 1}}
+    # The bot's own marker joins the reply's metadata (other bots' loop guards read it).
+    assert request.body["data"] == {"text": "hi", "metadata": {"k": 1, "@bot": "bot"}}
     assert request.body["tags"] == ["faq"]
