@@ -7,11 +7,12 @@ Redis) keeps it while it waits, and the pipeline orders it behind the other
 requests of its conversation. Paths and headers follow PLATFORM.md sections
 1.2, 4 and 6; all paths are relative to ``https://{appId}.api-{region}.cometchat.io/v3``.
 
-A request may refer to an earlier reply by its ``muid`` (``ref``): its path
-holds ``{ref}``, which is replaced by the CometChat id of that reply when the
-request is sent (e.g. editing a "working on it..." message once the answer is
-ready). Replies that others may refer to are sent with ``remember`` set, so
-that their id is recorded.
+The ``message`` a call acts on is CometChat's id of it, or :data:`REF` with
+``ref=<muid>`` for an earlier reply whose id is not known yet: the path
+holds ``{ref}``, replaced by the CometChat id of that reply when the request is sent
+(e.g. editing a "working on it..." message once the answer is ready).
+Replies that others may refer to are sent with ``remember`` set, so that
+their id is recorded.
 """
 
 from __future__ import annotations
@@ -111,6 +112,11 @@ def _seg(value: str) -> str:
     return quote(str(value), safe="")
 
 
+def _msg(message: str) -> str:
+    """A message id in a path, or the ``{ref}`` placeholder (replaced when sent)."""
+    return REF if message == REF else _seg(message)
+
+
 def _on_behalf_of(uid: str) -> dict[str, str]:
     return {"onBehalfOf": uid}
 
@@ -133,7 +139,7 @@ def thread_message(bot_uid: str, parent_id: str, body: Mapping[str, Any], **cont
 
 def edit_message(
     bot_uid: str,
-    message_id: str = REF,
+    message: str = REF,
     *,
     text: str | None = None,
     metadata: Mapping[str, Any] | None = None,
@@ -149,24 +155,25 @@ def edit_message(
     body: dict[str, Any] = {"data": data}
     if tags is not None:
         body["tags"] = list(tags)
-    path = f"/messages/{message_id if message_id == REF else _seg(message_id)}"
-    return SendRequest(path, body, method="PUT", headers=_on_behalf_of(bot_uid), **context)
+    return SendRequest(f"/messages/{_msg(message)}", body, method="PUT", headers=_on_behalf_of(bot_uid), **context)
 
 
-def delete_message(bot_uid: str, message_id: str = REF, *, permanent: bool = False, **context: Any) -> SendRequest:
+def delete_message(bot_uid: str, message: str = REF, *, permanent: bool = False, **context: Any) -> SendRequest:
     """Delete one of the bot's messages: ``DELETE /messages/{id}`` (soft delete unless ``permanent``)."""
-    path = f"/messages/{message_id if message_id == REF else _seg(message_id)}"
-    return SendRequest(path, {"permanent": permanent}, method="DELETE", headers=_on_behalf_of(bot_uid), **context)
+    return SendRequest(
+        f"/messages/{_msg(message)}", {"permanent": permanent}, method="DELETE", headers=_on_behalf_of(bot_uid),
+        **context,
+    )  # fmt: skip
 
 
-def add_reaction(bot_uid: str, message_id: str, reaction: str, **context: Any) -> SendRequest:
+def add_reaction(bot_uid: str, message: str, reaction: str, **context: Any) -> SendRequest:
     """React to a message as the bot: ``POST /messages/{id}/reactions/{reaction}``."""
-    path = f"/messages/{message_id if message_id == REF else _seg(message_id)}/reactions/{_seg(reaction)}"
+    path = f"/messages/{_msg(message)}/reactions/{_seg(reaction)}"
     return SendRequest(path, None, headers=_on_behalf_of(bot_uid), **context)
 
 
-def remove_reaction(bot_uid: str, message_id: str, reaction: str, **context: Any) -> SendRequest:
-    path = f"/messages/{message_id if message_id == REF else _seg(message_id)}/reactions/{_seg(reaction)}"
+def remove_reaction(bot_uid: str, message: str, reaction: str, **context: Any) -> SendRequest:
+    path = f"/messages/{_msg(message)}/reactions/{_seg(reaction)}"
     return SendRequest(path, None, method="DELETE", headers=_on_behalf_of(bot_uid), **context)
 
 
@@ -178,10 +185,10 @@ def mark_read(bot_uid: str, target: Target, **context: Any) -> SendRequest:
     )
 
 
-def mark_interacted(user_uid: str, message_id: str, element_ids: Iterable[str], **context: Any) -> SendRequest:
+def mark_interacted(user_uid: str, message: str, element_ids: Iterable[str], **context: Any) -> SendRequest:
     """Mark elements of an interactive message interacted for a user: ``PATCH /messages/{id}/interacted``."""
     return SendRequest(
-        f"/messages/{_seg(message_id)}/interacted",
+        f"/messages/{_msg(message)}/interacted",
         {"interactions": list(element_ids)},
         method="PATCH",
         headers=_on_behalf_of(user_uid),

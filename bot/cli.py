@@ -38,7 +38,7 @@ def routes() -> None:
     """The handlers in match order, with their filters."""
     for n, (router, route, fallback) in enumerate(_state().router.iter_routes(), 1):
         kind = "fallback" if fallback else "route"
-        click.echo(f"{n:3}  {kind:8}  {route.filter.describe():45}  {route.name}  [{router.name}]")
+        click.echo(f"{n:3}  {kind:8}  {route.filter.describe():45}  {route.name}  [{router.describe()}]")
 
 
 @bot_cli.command("say")

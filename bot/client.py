@@ -340,6 +340,7 @@ class LocalSender:
 
     def __init__(self, *, history: int = 1000, echo: bool = True) -> None:
         self.sent: deque[SendRequest] = deque(maxlen=history)
+        self.message_ids: dict[str, str] = {}  # muid -> the id "CometChat" gave the message (tests submit forms)
         self.total = 0  # ever sent, unlike len(sent)
         self.echo = echo
         self._ids = itertools.count(1)
@@ -350,6 +351,10 @@ class LocalSender:
             self.sent.append(request)
             self.total += 1
             message_id = f"local-{next(self._ids)}"
+            if request.is_message and request.muid:
+                self.message_ids[request.muid] = message_id
+                if len(self.message_ids) > self.sent.maxlen:  # as long a memory as the history
+                    del self.message_ids[next(iter(self.message_ids))]
         body = request.body
         if request.is_message:
             if self.echo:

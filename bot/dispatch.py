@@ -132,6 +132,8 @@ class Dispatcher:
         except Exception as error:
             status, code = "handler_error", type(error).__name__
             log.exception("message %s in %s: handler %s raised", msg.id, msg.conversation_id, handler)
+            if states is not None:
+                states.discard()  # a failed handler's half-made changes are not kept; on_error starts afresh
             self._on_error(turn, resolution, error)
         if states is not None:
             # After the replies went out (or were queued): a re-run after a crash starts from the same state.
@@ -239,9 +241,8 @@ class _Turn:
         ids = tuple(element_ids) or (submission.element_id,)
         if submission.message_id:
             self._deliver(api.mark_interacted(self.msg.sender.uid, submission.message_id, ids, **self._context()))
-        else:  # the form's id arrives with CometChat's answer to the send: look it up when this is sent
-            request = api.mark_interacted(self.msg.sender.uid, REF, ids, **self._context(submission.muid))
-            self._deliver(replace(request, path=f"/messages/{REF}/interacted"))
+        else:  # the kit did not say the form's id: look it up (by the form's muid) when this is sent
+            self._deliver(api.mark_interacted(self.msg.sender.uid, REF, ids, **self._context(submission.muid)))
 
     def _context(self, ref: str = "") -> dict[str, Any]:
         return {"message_id": self.msg.id, "conversation_id": self.msg.conversation_id, "ref": ref}

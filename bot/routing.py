@@ -154,6 +154,17 @@ class Router:
     def __repr__(self) -> str:
         return f"<Router {self.name or hex(id(self))}: {len(self.routes)} routes, {len(self.inclusions)} included>"
 
+    def describe(self) -> str:
+        """Its name and what limits it (group policy, its own filters, state scope): for ``flask bot routes``."""
+        parts = [self.name or hex(id(self))]
+        if self.group_policy:
+            parts.append(f"groups: {self.group_policy}")
+        if self.filters:
+            parts.append("only " + ", ".join(getattr(f, "__name__", None) or type(f).__name__ for f in self.filters))
+        if self.state_scope != "conversation":
+            parts.append(f"state per {self.state_scope}")
+        return "; ".join(parts)
+
     @property
     def children(self) -> list[Router]:
         return [inclusion.router for inclusion in self.inclusions]

@@ -227,6 +227,10 @@ class StateSession:
         for state in self._states.values():
             state.save(ttl=self.ttl)
 
+    def discard(self) -> None:
+        """Forget unsaved changes (a handler that raised): the next ``get`` loads the stored state again."""
+        self._states.clear()
+
 
 # ------------------------------------------------------------------ stores
 

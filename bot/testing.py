@@ -22,9 +22,10 @@ import itertools
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from flask import Flask
 from werkzeug.test import TestResponse
@@ -36,6 +37,7 @@ from .message import Message
 from .routing import Router
 from .schemas import parse_callback
 from .settings import Settings
+from .state import MemoryStateStore, StateSession, StateStore
 
 _ids = itertools.count(int(time.time()) % 1_000_000 * 1000)
 
@@ -131,11 +133,33 @@ def make_callback(
     return {"trigger": trigger, "data": message, "appId": "app", "region": "eu", "chatAPIVersion": "3.0", "bot": bot}
 
 
-def make_message(text: str | None = None, **kwargs: Any) -> Message:
-    """The :class:`Message` a handler would receive for ``make_callback(text, **kwargs)``."""
+def make_message(
+    text: str | None = None,
+    *,
+    state: Mapping[str, Any] | None = None,
+    step: str | None = None,
+    store: StateStore | None = None,
+    **kwargs: Any,
+) -> Message:
+    """The :class:`Message` a handler would receive for ``make_callback(text, **kwargs)``.
+
+    Its ``msg.state`` lives in ``store`` (default: a fresh in-memory one), starting with the data ``state``
+    and the step ``step``, so a handler can be called directly::
+
+        msg = make_message("Paris", step="ask_city")
+        ask_city(msg)
+        assert msg.state["city"] == "Paris" and msg.state.step == "ask_date"
+    """
     callback = parse_callback(make_callback(text, **kwargs))
     assert callback.message is not None
-    return callback.message
+    msg = callback.message
+    session = StateSession(store if store is not None else MemoryStateStore(), msg, ttl=3600)
+    if state or step:
+        seeded = session.get(msg.state_scope)
+        seeded.update(state or {})
+        seeded.step = step
+        session.save()
+    return msg.with_(_states=session)
 
 
 @dataclass(frozen=True)
@@ -149,8 +173,31 @@ class SentReply:
         return self.request.body
 
     @property
+    def is_message(self) -> bool:
+        """True for a chat message (a reply, a thread reply); False for an edit, a reaction, ..."""
+        return self.request.is_message
+
+    @property
+    def method(self) -> str:
+        return self.request.method
+
+    @property
+    def path(self) -> str:
+        return self.request.path
+
+    @property
+    def in_thread(self) -> str | None:
+        """The parent message id when the reply went into a thread."""
+        parts = self.request.path.split("/")
+        return parts[2] if self.is_message and parts[-1] == "thread" else None
+
+    @property
+    def muid(self) -> str:
+        return self.request.muid
+
+    @property
     def text(self) -> str | None:
-        return self.body["data"].get("text")
+        return self.body["data"].get("text") if self.is_message else None
 
     @property
     def type(self) -> str:
@@ -176,13 +223,38 @@ class SentReply:
     def custom_data(self) -> Any:
         return self.body["data"].get("customData")
 
+    @property
+    def interactive_data(self) -> dict[str, Any]:
+        return self.body["data"].get("interactiveData", {})
+
+    def actions(self) -> dict[str, dict[str, Any]]:
+        """The buttons of an interactive reply that report back to the bot: element id -> its apiAction."""
+        data = self.interactive_data
+        elements = [*data.get("formFields", []), *data.get("cardActions", [])]
+        elements += [data[key] for key in ("submitElement", "scheduleElement") if isinstance(data.get(key), dict)]
+        return {
+            element["elementId"]: element["action"]
+            for element in elements
+            if isinstance(element.get("action"), dict) and element["action"].get("actionType") == "apiAction"
+        }
+
 
 class Replies(list):
-    """The replies one callback caused, in the order they were sent."""
+    """The chat messages one callback caused, in the order they were sent; ``requests`` has every request
+    (also edits, reactions, marks), in order."""
+
+    def __init__(self, requests: Iterable[SentReply] = ()) -> None:
+        self.requests = list(requests)
+        super().__init__(r for r in self.requests if r.is_message)
 
     @property
     def texts(self) -> list[str | None]:
         return [reply.text for reply in self]
+
+    @property
+    def actions(self) -> list[SentReply]:
+        """The requests that are not chat messages (edits, deletes, reactions, marks)."""
+        return [r for r in self.requests if not r.is_message]
 
 
 class BotTestClient:
@@ -244,11 +316,87 @@ class BotTestClient:
         return self.send_payload(make_callback(text, **callback))
 
     def send_payload(self, payload: Mapping[str, Any]) -> Replies:
+        return self._replies_to(lambda: self.post(dict(payload)))
+
+    def submit(
+        self,
+        reply: SentReply,
+        values: Mapping[str, Any] | None = None,
+        *,
+        element: str | None = None,
+        user: str | None = None,
+    ) -> Replies:
+        """Submit a form (or click a card button) the bot sent, as the UI kit does, and return the replies.
+
+        ``element``: the button (default: the form's submit button, or the only button); ``user``: who
+        submits (default: the user the reply went to; needed in groups).
+        """
+        actions = reply.actions()
+        if element is None:
+            if "submitElement" in reply.interactive_data:
+                element = reply.interactive_data["submitElement"]["elementId"]
+            elif len(actions) == 1:
+                [element] = actions
+            else:
+                raise ValueError(f"which button? this reply has {sorted(actions)}")
+        if element not in actions:
+            raise ValueError(f"{element!r} is not a button of this reply that reports to the bot ({sorted(actions)})")
+        if user is None:
+            if reply.receiver_type == "group":
+                raise ValueError("who submits? in a group, pass user=")
+            user = reply.receiver
+        body = interaction_request(
+            actions[element],
+            values or {},
+            user=user,
+            element=element,
+            message_id=self.recorder.message_ids.get(reply.muid, ""),
+            message=reply.body,
+        )
+        return self._replies_to(lambda: self.post_interaction(actions[element]["url"], body))
+
+    def post_interaction(self, url: str, body: Mapping[str, Any]) -> TestResponse:
+        """POST a submission to the interaction endpoint (``url`` as the button has it)."""
+        return self.http.post(urlsplit(url).path, json=dict(body))
+
+    def _replies_to(self, post: Callable[[], TestResponse]) -> Replies:
         before = self.recorder.total
-        response = self.post(dict(payload))
+        response = post()
         if response.status_code != 200:
-            raise AssertionError(f"callback answered {response.status_code}: {response.get_data(as_text=True)}")
+            raise AssertionError(f"answered {response.status_code}: {response.get_data(as_text=True)}")
         if not self.state.wait_idle(self.timeout):
             raise AssertionError(f"the bot did not finish within {self.timeout} s")
         new = self.recorder.total - before
         return Replies(SentReply(r) for r in list(self.recorder.sent)[-new:] if new)
+
+
+def interaction_request(
+    action: Mapping[str, Any],
+    values: Mapping[str, Any],
+    *,
+    user: str,
+    element: str,
+    message_id: str = "",
+    message: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What CometChat's v4 web UI kit posts to a button's apiAction URL (PLATFORM.md 5.4)."""
+    message = message or {}
+    return {
+        "payload": dict(action.get("payload") or {}),
+        "trigger": "ui_message_interacted",
+        "appID": "app",
+        "region": "eu",
+        "data": {
+            "conversationId": "",
+            "sender": "",
+            "receiver": message.get("receiver", ""),
+            "receiverType": message.get("receiverType", "user"),
+            "messageCategory": "interactive",
+            "messageType": message.get("type", "form"),
+            "messageId": message_id,
+            "interactedBy": user,
+            "interactionTimezoneCode": "Europe/Paris",
+            "interactedElementId": element,
+            "formData": dict(values),
+        },
+    }

@@ -209,16 +209,25 @@ def test_a_bots_module_that_fails_to_import_stops_the_app(my_bots, tmp_path):
 def routes_output(app) -> list[list[str]]:
     result = app.test_cli_runner().invoke(args=["bot", "routes"])
     assert result.exit_code == 0, result.output
-    return [line.split() for line in result.output.splitlines() if line.strip()]
+    # "  n  kind  filter...  handler  [router; limits]": the router part may hold spaces.
+    return [line.rsplit("  [", 1)[0].split() for line in result.output.splitlines() if line.strip()]
 
 
 def test_flask_bot_routes_lists_the_example_handlers_in_match_order(live_app):
     rows = routes_output(live_app)
-    assert [(row[0], row[1]) for row in rows] == [(str(n), "route") for n in range(1, 12)] + [("12", "fallback")]
-    handlers = [row[-2] for row in rows]
+    assert [(row[0], row[1]) for row in rows] == [(str(n), "route") for n in range(1, 20)] + [("20", "fallback")]
+    handlers = [row[-1] for row in rows]
     assert handlers == [
-        "bots.group.mentioned",
+        "bots.booking.start",
+        "bots.booking.cancel",
+        "bots.booking.city",
+        "bots.booking.waiting_for_form",
+        "bots.booking.booked",
+        "bots.booking.stale_form",
         "bots.group.welcome",
+        "bots.group.bare_mention",
+        "bots.group.faq",
+        "bots.group.follow_up",
         "bots.help.help_",
         "bots.help.hello",
         "bots.help.asks_for_help",
@@ -230,7 +239,11 @@ def test_flask_bot_routes_lists_the_example_handlers_in_match_order(live_app):
         "bots.weather.weather_question",
         "bots.help.not_understood",
     ]
-    assert [row[-1] for row in rows][:2] == ["[bots.group]", "[bots.group]"]
+    lines = live_app.test_cli_runner().invoke(args=["bot", "routes"]).output.splitlines()
+    # What limits a route is shown with it: its step, its router's policy, filters and state scope.
+    assert "[state city]" in lines[2] and lines[2].endswith("[bots.booking; state per user]")
+    assert lines[7].endswith("[group.mentions; groups: mentioned]")
+    assert lines[9].endswith("[group.threads; only in_bot_thread]")
 
 
 def test_flask_bot_routes_lists_a_custom_package_with_its_filters(my_bots):

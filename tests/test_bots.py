@@ -83,5 +83,78 @@ def test_human_size(size, shown):
 
 def test_every_example_module_is_discovered():
     names = [router.name for router in discover_routers("bots")]
-    assert names == ["bots.group", "bots.help", "bots.media", "bots.weather"]
+    assert names == ["bots.booking", "bots.group", "bots.help", "bots.media", "bots.weather"]
     assert group.bot.routes and help.bot.fallbacks
+
+
+# ------------------------------------------------------------------ booking: a dialog with a form
+
+
+def test_booking_dialog_from_command_to_form_to_confirmation(client):
+    assert client.send("/book").texts == ["Let's book a table. In which city? (/cancel stops at any time)"]
+    intro, form = client.send("lisbon")
+    assert intro.text == "Lisbon, good choice. A few details:"
+    assert (form.category, form.type) == ("interactive", "form")
+    assert form.interactive_data["title"] == "Table in Lisbon"
+    assert [f["elementId"] for f in form.interactive_data["formFields"]] == ["name", "time", "party"]
+    assert client.send("what now?").texts == ["Please fill in the form above (or /cancel)."]
+
+    replies = client.submit(form, {"name": "Ana", "time": "19:30", "party": "4"})
+    [confirmation] = replies
+    assert confirmation.text == "Booked: a table for 3-4 people in Lisbon at 19:30, under Ana. See you!"
+    assert confirmation.receiver == "alice"
+    # The form is marked interacted for Ana's client, through the REST API, before the confirmation.
+    [marked] = replies.actions
+    assert replies.requests == [marked, confirmation]
+    form_id = client.recorder.message_ids[form.muid]
+    assert (marked.method, marked.path) == ("PATCH", f"/messages/{form_id}/interacted")
+    assert marked.request.headers == {"onBehalfOf": "alice"} and marked.body == {"interactions": ["submit"]}
+    # The dialog is over: the same form again is a stale one (a new token-holder submission would be refused as
+    # a replay; another user cannot submit a 1:1 form at all).
+    assert client.send("what now?").texts[0].startswith("Sorry, I don't know how to answer")
+
+
+def test_booking_form_values_are_checked(client):
+    client.send("/book")
+    _, form = client.send("Porto")
+    assert client.submit(form, {"name": "  ", "time": "19:30", "party": "2"}).texts == [
+        "The booking needs a name; please fill it in and submit again."
+    ]
+
+
+def test_booking_can_be_cancelled_at_any_step(client):
+    client.send("/book")
+    assert client.send("/cancel").texts == ["Booking cancelled. Type /book to start again."]
+    assert client.send("/cancel").texts[0].startswith("Sorry, I don't know")  # no dialog, no cancel route
+    client.send("/book")
+    _, form = client.send("Faro")
+    client.send("/cancel")
+    assert client.submit(form, {"name": "Ana", "time": "19:00", "party": "2"}).texts == [
+        "That form belongs to a booking that is finished or cancelled. Type /book to start a new one."
+    ]
+
+
+def test_booking_in_a_group_keeps_each_users_answers_apart(client):
+    client.send("/book", group="team", sender="ana")
+    client.send("/book", group="team", sender="bob")
+    client.send("Paris", group="team", sender="ana")
+    _, bobs_form = client.send("Rome", group="team", sender="bob")
+    [done] = client.submit(bobs_form, {"name": "Bob", "time": "20:00", "party": "2"}, user="bob")
+    assert done.text.endswith("in Rome at 20:00, under Bob. See you!") and done.receiver == "team"
+
+
+# ------------------------------------------------------------------ group helper: mentions and threads
+
+
+def test_group_faq_answers_a_mention_in_a_thread_and_follows_the_thread(client):
+    [answer] = client.send("how do I reset my password?", group="ops", mentions=["bot"], id="500")
+    assert answer.in_thread == "500" and answer.receiver == "ops"
+    assert answer.text == group.FAQ[("password", "login")]
+    # Follow-ups in that thread need no mention ...
+    [follow] = client.send("and when do deploys happen?", group="ops", parent_id="500")
+    assert follow.in_thread == "500" and follow.text == group.FAQ[("deploy", "release")]
+    [unknown] = client.send("what about lunch?", group="ops", parent_id="500", sender="carol")
+    assert unknown.text.startswith("I don't know that one, Carol")
+    # ... while other threads and plain chatter stay unanswered.
+    assert client.send("deploys?", group="ops", parent_id="999") == []
+    assert client.send("password?", group="ops") == []
