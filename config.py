@@ -56,6 +56,8 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DRAIN_TIMEOUT": ("drain_timeout", float),
     "REDIS_URL": ("redis_url", str),
     "LOG_LEVEL": ("log_level", str),
+    "LOG_FORMAT": ("log_format", str.lower),
+    "PLAYGROUND": ("playground", _bool),
 }
 
 

@@ -29,7 +29,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pycurl
 
@@ -38,6 +38,9 @@ from .api import SendRequest
 from .errors import CometChatError, TransportError, UnknownReference, error_for_status
 from .message import Target
 from .settings import Settings
+
+if TYPE_CHECKING:
+    from .emulator import Emulator
 
 log = logging.getLogger(__name__)
 
@@ -181,17 +184,7 @@ class CometChatClient:
     def request(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None) -> Any:
         """One attempt. Returns the answer's ``data``; raises a :class:`CometChatError` subclass."""
         status, response_headers, content = self._perform(method, path, body, headers)
-        payload = _json_or_none(content)
-        if status < 300:
-            if isinstance(payload, dict):
-                return payload.get("data", payload)
-            return {} if payload is None else payload
-        code, message = "", f"HTTP {status}"
-        if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
-            code = str(payload["error"].get("code") or "")
-            message = str(payload["error"].get("message") or message)
-        cls = error_for_status(status)
-        raise cls(message, status=status, code=code, retry_after=_retry_after(status, response_headers))
+        return answer_data(status, _json_or_none(content), response_headers)
 
     # ------------------------------------------------------------------ the calls of bot/api.py, with retries
 
@@ -304,6 +297,23 @@ class CometChatClient:
         handle.close()
 
 
+def answer_data(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Any:
+    """The ``data`` of a successful answer; a :class:`CometChatError` (with CometChat's code) for a failed one.
+
+    ``headers`` are keyed by lower-case name (``Retry-After`` of a 429).
+    """
+    if status < 300:
+        if isinstance(payload, dict):
+            return payload.get("data", payload)
+        return {} if payload is None else payload
+    code, message = "", f"HTTP {status}"
+    if isinstance(payload, dict) and isinstance(payload.get("error"), dict):
+        code = str(payload["error"].get("code") or "")
+        message = str(payload["error"].get("message") or message)
+    cls = error_for_status(status)
+    raise cls(message, status=status, code=code, retry_after=_retry_after(status, headers or {}))
+
+
 def _json_or_none(data: bytes) -> Any:
     try:
         return json.loads(data) if data else None
@@ -336,35 +346,46 @@ def _retry_after(status: int, headers: Mapping[str, str]) -> float | None:
 
 
 class LocalSender:
-    """Local mode: print each reply and keep the latest ``history`` of them (no CometChat account needed)."""
+    """Local mode: print each reply, keep the latest ``history`` of them, and (with an ``emulator``) answer as
+    CometChat would (bot/emulator.py: the playground). Without an emulator every request succeeds: what tests
+    use to record replies."""
 
-    def __init__(self, *, history: int = 1000, echo: bool = True) -> None:
+    def __init__(self, *, history: int = 1000, echo: bool = True, emulator: Emulator | None = None) -> None:
         self.sent: deque[SendRequest] = deque(maxlen=history)
         self.message_ids: dict[str, str] = {}  # muid -> the id "CometChat" gave the message (tests submit forms)
         self.total = 0  # ever sent, unlike len(sent)
         self.echo = echo
+        self.emulator = emulator
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def attempt(self, request: SendRequest) -> dict[str, Any]:
+    def attempt(self, request: SendRequest) -> Any:
+        if self.emulator is not None:
+            status, payload = self.emulator.handle(request.method, request.path, request.body, request.headers)
+            result = answer_data(status, payload)  # raises CometChat's error, as the real API would
+        elif request.is_message:
+            result = {**request.body, "id": f"local-{next(self._ids)}"}
+        else:
+            result = {"success": True}
         with self._lock:
             self.sent.append(request)
             self.total += 1
-            message_id = f"local-{next(self._ids)}"
-            if request.is_message and request.muid:
-                self.message_ids[request.muid] = message_id
-                if len(self.message_ids) > self.sent.maxlen:  # as long a memory as the history
+            if request.is_message and request.muid and isinstance(result, dict) and "id" in result:
+                self.message_ids[request.muid] = str(result["id"])
+                if len(self.message_ids) > (self.sent.maxlen or 1000):  # as long a memory as the history
                     del self.message_ids[next(iter(self.message_ids))]
-        body = request.body
-        if request.is_message:
-            if self.echo:
-                shown = body["data"].get("text") or json.dumps(body["data"], ensure_ascii=False)
-                where = " (in thread)" if request.path.endswith("/thread") else ""
-                print(f"[bot -> {body['receiverType']} {body['receiver']}{where}] {shown}", flush=True)
-            return {**body, "id": message_id}
         if self.echo:
-            shown = "" if body is None else " " + json.dumps(body, ensure_ascii=False)
-            print(f"[bot: {request.describe()}]{shown}", flush=True)
-        return {"success": True}
+            print(_shown(request), flush=True)
+        return result
 
     send = attempt  # nothing to retry locally
+
+
+def _shown(request: SendRequest) -> str:
+    """One line for the terminal: ``[bot -> user alice] Hello``."""
+    body = request.body
+    if request.is_message:
+        shown = body["data"].get("text") or json.dumps(body["data"], ensure_ascii=False)
+        where = " (in thread)" if request.path.endswith("/thread") else ""
+        return f"[bot -> {body['receiverType']} {body['receiver']}{where}] {shown}"
+    return f"[bot: {request.describe()}]" + ("" if body is None else " " + json.dumps(body, ensure_ascii=False))

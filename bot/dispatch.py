@@ -35,8 +35,9 @@ log = logging.getLogger(__name__)
 KNOWN_CATEGORIES = frozenset({"message", "custom", "interactive", "action", "call"})
 
 Deliver = Callable[[SendRequest], Any]
-#: ``api_action(interaction_id, element_id, msg, muid)`` -> the apiAction of a button that reports back here.
-ActionMaker = Callable[[str, str, Message, str], dict[str, Any]]
+#: ``api_action(interaction_id, element_id, msg, muid, thread)`` -> the apiAction of a button that reports back
+#: here (``thread``: the thread the interactive reply goes to, or None).
+ActionMaker = Callable[[str, str, Message, str, str | None], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -51,6 +52,16 @@ class Outcome:
     sent: int
     seconds: float
     error_code: str = ""
+
+    def log_fields(self) -> dict[str, object]:
+        """The fields of the message's log line (the JSON log format shows them as keys)."""
+        fields: dict[str, object] = {
+            "message_id": self.message_id, "conversation": self.conversation_id, "handler": self.handler,
+            "outcome": self.status, "replies": self.sent, "ms": round(self.seconds * 1000, 2),
+        }  # fmt: skip
+        if self.error_code:
+            fields["error_code"] = self.error_code
+        return fields
 
 
 class Dispatcher:
@@ -97,24 +108,35 @@ class Dispatcher:
         return ""
 
     def handle(self, msg: Message, deliver: Deliver | None = None) -> Outcome:
-        """Run the handler for ``msg`` and hand the requests it causes to ``deliver``, in order."""
+        """Run the handler for ``msg`` and hand the requests it causes to ``deliver``, in order.
+
+        Logs one line per message (its id, conversation, handler, outcome, replies and time).
+        """
         deliver = deliver or self.deliver
         if deliver is None:
             raise TypeError("Dispatcher.handle needs a deliver function")
         started = time.perf_counter()
         states = StateSession(self.state, msg, ttl=self.state_ttl) if self.state is not None else None
         msg = msg.with_(_states=states)
-
-        def done(handler: str, status: str, sent: int = 0, code: str = "") -> Outcome:
-            return Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
-
+        handler, status, sent, code = "", "unmatched", 0, ""
         if self.loop_guard is not None and not self.loop_guard.admits(msg):
-            log.warning("message %s in %s: not answered, bots answering each other", msg.id, msg.conversation_id)
-            return done("", "loop_guard")
-        resolution = self.router.resolve(msg)
-        if resolution is None:
-            log.debug("message %s in %s: no handler matched", msg.id, msg.conversation_id)
-            return done("", "unmatched")
+            status = "loop_guard"  # bots answering each other: this one stops here
+        elif (resolution := self.router.resolve(msg)) is not None:
+            handler = resolution.route.name
+            status, sent, code = self._handle(msg, resolution, deliver, states)
+        outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
+        log.log(
+            logging.WARNING if status in ("handler_error", "send_error", "loop_guard") else logging.INFO,
+            "message %s in %s: %s%s, %d replies, handled in %.1f ms",
+            msg.id, msg.conversation_id, status, f" by {handler}" if handler else "", sent, outcome.seconds * 1000,
+            extra=outcome.log_fields(),
+        )  # fmt: skip
+        return outcome
+
+    def _handle(
+        self, msg: Message, resolution: Resolution, deliver: Deliver, states: StateSession | None
+    ) -> tuple[str, int, str]:
+        """Hooks, handler, replies, state: (status, requests sent, error code)."""
         turn = _Turn(self, msg, deliver)
         turn.msg = msg.with_(
             match=resolution.captures,
@@ -122,7 +144,6 @@ class Dispatcher:
             state_scope=resolution.router.state_scope,
             _turn=turn,
         )
-        handler = resolution.route.name
         status, code = "replied", ""
         try:
             status = self._run(resolution, turn)
@@ -131,7 +152,7 @@ class Dispatcher:
             log.error("message %s in %s: reply not delivered: %s", msg.id, msg.conversation_id, error)
         except Exception as error:
             status, code = "handler_error", type(error).__name__
-            log.exception("message %s in %s: handler %s raised", msg.id, msg.conversation_id, handler)
+            log.exception("message %s in %s: handler %s raised", msg.id, msg.conversation_id, resolution.route.name)
             if states is not None:
                 states.discard()  # a failed handler's half-made changes are not kept; on_error starts afresh
             self._on_error(turn, resolution, error)
@@ -140,12 +161,7 @@ class Dispatcher:
             states.save()
         if status == "replied" and turn.sent == 0:
             status = "no_reply"
-        outcome = done(handler, status, turn.sent, code)
-        log.info(
-            "message %s in %s: %s by %s, %d replies, handled in %.1f ms",
-            msg.id, msg.conversation_id, status, handler, turn.sent, outcome.seconds * 1000,
-        )  # fmt: skip
-        return outcome
+        return status, turn.sent, code
 
     def _run(self, resolution: Resolution, turn: _Turn) -> str:
         """Hooks and handler; returns the status ("replied" unless a before hook dropped the message)."""
@@ -250,8 +266,8 @@ class _Turn:
     def _deliver(self, request: SendRequest) -> None:
         self.deliver(replace(request, interim=True) if self.running else request)
 
-    def _api_action(self, interaction_id: str, element_id: str, muid: str) -> dict[str, Any]:
+    def _api_action(self, interaction_id: str, element_id: str, muid: str, thread: str | None) -> dict[str, Any]:
         maker = self.dispatcher.api_action
         if maker is None:
             raise ValueError("interactive messages need the interaction endpoint (an app made by build_app)")
-        return maker(interaction_id, element_id, self.msg, muid)
+        return maker(interaction_id, element_id, self.msg, muid, thread)

@@ -12,24 +12,27 @@ testing helpers and the CLI.
 
 from __future__ import annotations
 
+import base64
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from flask import Flask, Response, jsonify
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
-from . import interactions
+from . import interactions, logs
 from .blueprint import create_blueprint, create_interactions_blueprint
 from .cli import bot_cli
 from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
+from .emulator import Emulator
 from .health import create_health_blueprint
 from .journal import Journal, RateLimit
 from .loop_guard import LoopGuard
 from .metrics import MeteredSender, Metrics
 from .pipeline import Pipeline, PipelineOptions
+from .playground import create_playground_blueprint
 from .redis_queue import RedisDelivery
 from .routing import Router
 from .settings import Settings
@@ -49,6 +52,7 @@ class BotApp:
     sender: Sender
     delivery: Pipeline | RedisDelivery  # embedded journal + threads, or Redis + RQ workers
     metrics: Metrics
+    emulator: Emulator | None = None  # local mode: the stand-in for CometChat behind the playground
 
     @property
     def dispatcher(self) -> Dispatcher:
@@ -74,21 +78,26 @@ def build_app(
     import_name: str = "app",
 ) -> Flask:
     """A Flask app whose callback runs ``routers`` (tried in the order given)."""
-    _configure_logging(settings)
+    logs.configure(settings)
     root = Router("app")
     for router in routers:
         root.include_router(router)
+    emulator = None
     if sender is None:
         if settings.is_live:
             sender = CometChatClient.from_settings(settings)
         else:
-            log.warning("local mode: no CometChat credentials configured; replies are printed, not sent")
-            sender = LocalSender()
+            log.warning(
+                "local mode: no CometChat credentials configured; replies go to the built-in emulator%s",
+                " (chat at /playground)" if settings.playground else "",
+            )
+            emulator = Emulator(bot_uid=settings.bot_uid or "bot")
+            sender = LocalSender(emulator=emulator)
     metrics = Metrics()
     tokens = interactions.Tokens(interactions.secret_for(settings), max_age=settings.interaction_ttl)
     delivery = _delivery(settings, root, MeteredSender(sender, metrics), metrics, tokens)
     metrics.depth = delivery.depth
-    state = BotApp(settings, root, sender, delivery, metrics)
+    state = BotApp(settings, root, sender, delivery, metrics, emulator)
 
     app = Flask(import_name)
     app.extensions[EXTENSION] = state
@@ -97,6 +106,9 @@ def build_app(
         create_interactions_blueprint(settings, tokens, delivery.sent_log.sent, delivery.submit, metrics)
     )
     app.register_blueprint(create_health_blueprint(delivery, metrics))
+    if emulator is not None and settings.playground:
+        emulator.relay = _relay_to(app, settings)
+        app.register_blueprint(create_playground_blueprint(emulator))
     app.register_error_handler(HTTPException, _json_http_error)
     app.cli.add_command(bot_cli)
     delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
@@ -142,6 +154,19 @@ def _dispatcher(settings: Settings, router: Router, state: StateStore, tokens: i
     )
 
 
+def _relay_to(app: Flask, settings: Settings) -> Callable[[dict], int]:
+    """How the emulator posts a callback: through the app's own callback endpoint, Basic auth included."""
+    headers = {}
+    if settings.callback_auth_enabled:
+        credentials = f"{settings.callback_username}:{settings.callback_password}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(credentials).decode()
+
+    def relay(callback: dict) -> int:
+        return app.test_client().post(settings.callback_path, json=callback, headers=headers).status_code
+
+    return relay
+
+
 def bot_app(app: Flask) -> BotApp:
     """The framework's parts of ``app`` (built by :func:`build_app`)."""
     return app.extensions[EXTENSION]
@@ -156,10 +181,3 @@ def _json_http_error(error: HTTPException) -> Response:
         if key.lower() in ("allow", "retry-after"):  # 405 must say which methods are allowed
             response.headers[key] = value
     return response
-
-
-def _configure_logging(settings: Settings) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("bot").setLevel(settings.log_level.upper())

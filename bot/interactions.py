@@ -142,7 +142,10 @@ class ActionMaker:
     tokens: Tokens
     url: str  # the interaction endpoint as the users' clients reach it; "" when it is not known
 
-    def __call__(self, interaction_id: str, element_id: str, msg: Message, muid: str) -> dict[str, Any]:
+    def __call__(
+        self, interaction_id: str, element_id: str, msg: Message, muid: str, thread: str | None = None
+    ) -> dict[str, Any]:
+        """The ``apiAction`` of one button of a reply to ``msg`` (``thread``: the thread that reply goes to)."""
         if not self.url:
             raise ConfigError(
                 "set PUBLIC_URL (the https address where CometChat's clients reach this app) to send forms and cards"
@@ -157,7 +160,7 @@ class ActionMaker:
             receiver=target.receiver,
             receiver_type=target.receiver_type,
             user="" if msg.is_group else msg.sender.uid,
-            parent_id=msg.parent_id or "",
+            parent_id=thread or "",
         )
         return {
             "actionType": "apiAction",

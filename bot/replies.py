@@ -220,15 +220,16 @@ def build_requests(
     first_seq: int = 0,
     in_thread: bool | None = None,
     remember: bool = False,
-    api_action: Callable[[str, str, str], dict[str, Any]] | None = None,
+    api_action: Callable[[str, str, str, str | None], dict[str, Any]] | None = None,
 ) -> list[SendRequest]:
     """Requests for ``replies`` to ``msg``, numbered from ``first_seq`` for their muids.
 
     ``in_thread`` applies to replies that leave it open; ``remember`` records the
     created messages' ids (for later edits); interactive messages are always
     remembered (a submission is checked against the message it came from).
-    ``api_action(interaction_id, element_id, muid)`` makes the actions of
-    interactive messages.
+    ``api_action(interaction_id, element_id, muid, thread)`` makes the actions
+    of interactive messages (``thread``: the parent of the thread the reply
+    goes to, where answers to a submission go too).
     """
     target = msg.reply_target
     requests: list[SendRequest] = []
@@ -236,7 +237,8 @@ def build_requests(
     for reply in replies:
         for part in reply.parts():
             reply_muid = muid(bot_uid, msg.id, seq)
-            bound = None if api_action is None else functools.partial(_bound_action, api_action, reply_muid)
+            parent = thread_parent(msg, part.in_thread if part.in_thread is not None else in_thread)
+            bound = None if api_action is None else functools.partial(_bound_action, api_action, reply_muid, parent)
             ctx = ReplyContext(target, bot_uid, reply_muid, bound)
             body = part.body(ctx)
             body["muid"] = ctx.muid
@@ -245,7 +247,6 @@ def build_requests(
                 "conversation_id": msg.conversation_id,
                 "remember": remember or part.category == "interactive",
             }
-            parent = thread_parent(msg, part.in_thread if part.in_thread is not None else in_thread)
             if parent:
                 requests.append(api.thread_message(bot_uid, parent, body, **context))
             else:
@@ -255,9 +256,13 @@ def build_requests(
 
 
 def _bound_action(
-    api_action: Callable[[str, str, str], dict[str, Any]], muid: str, interaction_id: str, element_id: str
+    api_action: Callable[[str, str, str, str | None], dict[str, Any]],
+    muid: str,
+    thread: str | None,
+    interaction_id: str,
+    element_id: str,
 ) -> dict[str, Any]:
-    return api_action(interaction_id, element_id, muid)
+    return api_action(interaction_id, element_id, muid, thread)
 
 
 def thread_parent(msg: Message, in_thread: bool | None) -> str | None:

@@ -60,6 +60,8 @@ class Settings:
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
 
     log_level: str = "INFO"
+    log_format: str = "text"  # or "json": one JSON object per line
+    playground: bool = True  # local mode only: the emulator's chat page at /playground
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "region", self.region.strip().lower())
@@ -102,6 +104,8 @@ class Settings:
             problems.append("HANDLER_THREADS and SENDER_THREADS must be at least 1")
         if self.dedup_ttl < 0:
             problems.append("DEDUP_TTL must not be negative")
+        if self.log_format not in ("text", "json"):
+            problems.append(f"LOG_FORMAT must be text or json (got {self.log_format!r})")
         if self.journal_sync.lower() not in ("normal", "full"):
             problems.append(f"JOURNAL_SYNC must be normal or full (got {self.journal_sync!r})")
         if problems:

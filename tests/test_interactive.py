@@ -31,16 +31,19 @@ from bot.testing import make_message
 class ActionStub:
     """Stands in for the framework's ``api_action``: records its calls, returns an action naming them.
 
-    ``ReplyContext.api_action`` takes (interaction id, element id); ``build_requests`` passes the reply's muid too.
+    ``ReplyContext.api_action`` takes (interaction id, element id); ``build_requests`` passes the reply's muid and
+    thread too.
     """
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, str]] = []
         self.muids: list[str | None] = []
+        self.threads: list[str | None] = []
 
-    def __call__(self, interaction_id: str, element_id: str, muid: str | None = None) -> dict:
+    def __call__(self, interaction_id: str, element_id: str, muid: str | None = None, thread: str | None = None):
         self.calls.append((interaction_id, element_id))
         self.muids.append(muid)
+        self.threads.append(thread)
         return action(interaction_id, element_id)
 
 
@@ -211,6 +214,7 @@ def test_build_requests_sends_an_interactive_form_and_remembers_it(stub):
     assert request.remember is True
     assert stub.calls == [("demo", "submit")]
     assert stub.muids == [body["muid"]]  # the action is bound to this very reply
+    assert stub.threads == [None]  # ... which goes to the main conversation
 
 
 def test_in_thread_and_metadata_work_as_for_text(stub):
@@ -219,6 +223,7 @@ def test_in_thread_and_metadata_work_as_for_text(stub):
     [request] = build_requests(msg, [form], bot_uid="bot", api_action=stub)
     assert request.path == "/messages/500/thread"
     assert request.body["data"]["metadata"]["k"] == 1
+    assert stub.threads == ["500"]  # the actions know the thread: answers to the submission go there too
 
 
 @pytest.mark.parametrize(
