@@ -125,12 +125,13 @@ class Dispatcher:
             handler = resolution.route.name
             status, sent, code = self._handle(msg, resolution, deliver, states)
         outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
-        log.log(
-            logging.WARNING if status in ("handler_error", "send_error", "loop_guard") else logging.INFO,
-            "message %s in %s: %s%s, %d replies, handled in %.1f ms",
-            msg.id, msg.conversation_id, status, f" by {handler}" if handler else "", sent, outcome.seconds * 1000,
-            extra=outcome.log_fields(),
-        )  # fmt: skip
+        level = logging.WARNING if status in ("handler_error", "send_error", "loop_guard") else logging.INFO
+        if log.isEnabledFor(level):
+            log.log(
+                level, "message %s in %s: %s%s, %d replies, handled in %.1f ms",
+                msg.id, msg.conversation_id, status, f" by {handler}" if handler else "", sent, outcome.seconds * 1000,
+                extra=outcome.log_fields(),
+            )  # fmt: skip
         return outcome
 
     def _handle(

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field, fields
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -186,7 +186,17 @@ class Message:
         return self._turn
 
     def with_(self, **changes: Any) -> Message:
-        return replace(self, **changes)
+        """A copy with ``changes`` (on the path of every message: a shallow copy, cheaper than ``replace``)."""
+        unknown = changes.keys() - _FIELDS
+        if unknown:
+            raise TypeError(f"Message has no field {', '.join(sorted(unknown))}")
+        copy = object.__new__(Message)
+        copy.__dict__.update(self.__dict__)
+        copy.__dict__.update(changes)
+        return copy
+
+
+_FIELDS = frozenset(f.name for f in fields(Message))
 
 
 def normalise_mentions(text: str, bot_uid: str, mentions: Mapping[str, User]) -> str:

@@ -11,6 +11,7 @@ Nothing here does I/O.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import mimetypes
@@ -37,6 +38,9 @@ MARKER = "@bot"
 _MARKER_ROOM = len(f',"{MARKER}":""') + 50
 #: Tags: at most 25, each at most 100 characters (PLATFORM.md 4.2).
 MAX_TAGS, MAX_TAG_LENGTH = 25, 100
+
+#: JSON-encoded size of one character at most (ensure_ascii=False): a control character becomes \u00XX.
+_MAX_JSON_BYTES_PER_CHAR = 6
 
 _MUID_NAMESPACE = uuid.UUID("6f1c3f64-2f0e-4a53-9b55-8f2f7f3f8b10")
 
@@ -118,6 +122,9 @@ class Text(Reply):
         budget = MAX_DATA_BYTES - _json_size({"text": "", "metadata": dict(self.metadata or {})}) - _MARKER_ROOM
         if budget < 1000:
             raise ValueError("reply metadata leaves no room for text under the 10 KB data limit")
+        if len(self.text) * _MAX_JSON_BYTES_PER_CHAR <= budget:  # surely fits: no need to measure (the usual case)
+            yield self
+            return
         for chunk in split_text(self.text, budget):
             yield Text(chunk, self.metadata, self.tags, self.in_thread)
 
@@ -280,8 +287,15 @@ def thread_parent(msg: Message, in_thread: bool | None) -> str | None:
 
 
 def muid(bot_uid: str, message_id: str, seq: int) -> str:
-    """A muid that is the same every time the same reply to the same message is sent (retries, redeliveries)."""
-    return str(uuid.uuid5(_MUID_NAMESPACE, f"{bot_uid}\x1f{message_id}\x1f{seq}"))
+    """A muid that is the same every time the same reply to the same message is sent (retries, redeliveries).
+
+    ``uuid.uuid5(_MUID_NAMESPACE, ...)``, computed without the UUID object (this runs for every reply).
+    """
+    digest = bytearray(hashlib.sha1(_MUID_NAMESPACE.bytes + f"{bot_uid}\x1f{message_id}\x1f{seq}".encode()).digest())
+    digest[6] = (digest[6] & 0x0F) | 0x50  # version 5
+    digest[8] = (digest[8] & 0x3F) | 0x80  # RFC 4122 variant
+    h = digest[:16].hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def split_text(text: str, budget: int) -> list[str]:
