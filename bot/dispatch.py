@@ -27,7 +27,7 @@ from .message import Message, ReplyRef
 from .replies import build_requests, coerce
 from .routing import Resolution, Router
 from .schemas import Callback
-from .state import StateSession, StateStore
+from .state import StateConflict, StateSession, StateStore
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,7 @@ class Outcome:
     conversation_id: str
     handler: str  # "" when no handler matched
     #: "replied" | "no_reply" | "unmatched" | "dropped" | "loop_guard" | "handler_error" | "send_error"
+    #: | "state_error"
     status: str
     sent: int
     seconds: float
@@ -116,16 +117,24 @@ class Dispatcher:
         if deliver is None:
             raise TypeError("Dispatcher.handle needs a deliver function")
         started = time.perf_counter()
-        states = StateSession(self.state, msg, ttl=self.state_ttl) if self.state is not None else None
-        msg = msg.with_(_states=states)
+        if self.state is not None:
+            msg = msg.with_(_states=StateSession(self.state, msg, ttl=self.state_ttl))
         handler, status, sent, code = "", "unmatched", 0, ""
         if self.loop_guard is not None and not self.loop_guard.admits(msg):
             status = "loop_guard"  # bots answering each other: this one stops here
-        elif (resolution := self.router.resolve(msg)) is not None:
-            handler = resolution.route.name
-            status, sent, code = self._handle(msg, resolution, deliver, states)
+        else:
+            try:
+                resolution = self.router.resolve(msg)
+            except Exception as error:  # a filter is user code too (a predicate, a router's own filter)
+                log.exception("message %s in %s: a filter raised while routing", msg.id, msg.conversation_id)
+                resolution, status, code = None, "handler_error", type(error).__name__
+            if resolution is not None:
+                handler = resolution.route.name
+                status, sent, code = self._handle(msg, resolution, deliver, msg._states)
+                if sent and self.loop_guard is not None:
+                    self.loop_guard.answered(msg)
         outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
-        level = logging.WARNING if status in ("handler_error", "send_error", "loop_guard") else logging.INFO
+        level = logging.INFO if status in ("replied", "no_reply", "unmatched", "dropped") else logging.WARNING
         if log.isEnabledFor(level):
             log.log(
                 level, "message %s in %s: %s%s, %d replies, handled in %.1f ms",
@@ -159,7 +168,11 @@ class Dispatcher:
             self._on_error(turn, resolution, error)
         if states is not None:
             # After the replies went out (or were queued): a re-run after a crash starts from the same state.
-            states.save()
+            try:
+                states.save()
+            except StateConflict as error:
+                log.error("message %s in %s: state not saved: %s", msg.id, msg.conversation_id, error)
+                status, code = "state_error", "StateConflict"
         if status == "replied" and turn.sent == 0:
             status = "no_reply"
         return status, turn.sent, code

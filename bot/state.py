@@ -21,16 +21,17 @@ Redis (with ``REDIS_URL``: shared by all processes).
 
 **No lost writes.** The messages of a conversation are handled one after
 another (the delivery lanes), so two handlers rarely touch one state at once;
-when they do (a form submission, a script using the store), saving is a
-compare-and-set on a version number. A handler's changes are recorded as
-operations; on a conflict they are applied again to the newer state and
-saved again, so concurrent changes to different keys all survive and the
-last write to one key wins.
+when they do (a script using the store, the loop guard), saving is a
+compare-and-set on a version number. A handler's changes (what differs from
+what it loaded) are applied again to the newer state on a conflict, so
+concurrent changes to different keys all survive and the last write to one
+key wins; :func:`update` re-runs a read-modify-write (a counter) instead.
 """
 
 from __future__ import annotations
 
 import json
+import random
 import sqlite3
 import threading
 import time
@@ -48,6 +49,8 @@ SCOPES = ("conversation", "user")
 
 #: Compare-and-set attempts before a save gives up (each retry follows a concurrent change).
 MAX_SAVE_ATTEMPTS = 8
+#: Attempts of :func:`update` (it waits a little between them, so contended counters get through).
+MAX_UPDATE_ATTEMPTS = 60
 
 
 class StateConflict(Exception):
@@ -84,31 +87,44 @@ def state_key(msg: Message, scope: str) -> str:
 
 
 def update(store: StateStore, key: str, change: Callable[[State], None], *, ttl: float) -> State:
-    """Apply ``change`` to the stored state atomically (retried on conflicts); returns the state saved.
+    """Apply ``change`` to the stored state atomically; returns the state saved.
 
-    For code outside handlers (scripts, admin commands) that must not lose a concurrent write.
+    On a conflict ``change`` runs again on the newer state (with a short random wait), so a read-modify-write
+    such as a counter never loses an update. For code outside handlers (scripts, admin commands, the loop guard).
     """
-    state = State.load(store, key)
-    change(state)
-    state.save(ttl=ttl)
-    return state
+    for attempt in range(MAX_UPDATE_ATTEMPTS):
+        state = State.load(store, key)
+        change(state)
+        if state.try_save(ttl=ttl):
+            return state
+        time.sleep(random.uniform(0, min(0.05, 0.0005 * 2**attempt)))
+    raise StateConflict(f"state {key!r} changed {MAX_UPDATE_ATTEMPTS} times while being updated")
 
 
 class State(MutableMapping[str, Any]):
     """One conversation's state as a handler sees it: a dict (``msg.state["city"]``) plus a ``step``.
 
-    Values must be JSON-able. Changes are kept in memory and saved once the
-    handler is done (:meth:`save`); ``clear()`` forgets everything, step
-    included (the end of a dialog).
+    Values must be JSON-able. Changes (also to values changed in place, such
+    as a list appended to) are saved once the handler is done (:meth:`save`);
+    ``clear()`` forgets everything, step included (the end of a dialog).
+
+    Saving writes what changed since loading: the keys set or changed, the
+    keys removed, the step. When another save came in between, those changes
+    are applied to the newer state, so changes to different keys all survive.
+    A cleared state is stored empty (not deleted) until it expires, so its
+    version only grows: a state loaded before the clear can never pass for
+    the newer one.
     """
 
     def __init__(self, store: StateStore, key: str, record: StateRecord | None = None) -> None:
         self._store, self.key = store, key
         record = record or StateRecord({}, None, 0)
-        self._data: dict[str, Any] = dict(record.data)
+        self._loaded: dict[str, Any] = _copy(record.data)  # what was loaded, to see what changed
+        self._loaded_step = record.step
+        self._data: dict[str, Any] = _copy(record.data)
         self._step = record.step
         self._version = record.version
-        self._ops: list[tuple[str, Any, Any]] = []  # what this handler changed, to re-apply after a conflict
+        self._cleared = False  # clear() was called: a newer state is forgotten too when the changes are re-applied
 
     @classmethod
     def load(cls, store: StateStore, key: str) -> State:
@@ -129,7 +145,6 @@ class State(MutableMapping[str, Any]):
         if value is not None and (not isinstance(value, str) or not value or value == "*"):
             raise ValueError("a step is a non-empty name (or None to leave the dialog)")
         self._step = value
-        self._ops.append(("step", value, None))
 
     # ------------------------------------------------------------ the dict
 
@@ -139,11 +154,9 @@ class State(MutableMapping[str, Any]):
     def __setitem__(self, name: str, value: Any) -> None:
         _check_json(name, value)
         self._data[name] = value
-        self._ops.append(("set", name, json.loads(json.dumps(value))))  # a copy: later mutation is not recorded
 
     def __delitem__(self, name: str) -> None:
         del self._data[name]
-        self._ops.append(("del", name, None))
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._data)
@@ -155,49 +168,57 @@ class State(MutableMapping[str, Any]):
         """Forget the data and the step."""
         self._data.clear()
         self._step = None
-        self._ops.append(("clear", None, None))
+        self._cleared = True
 
     def as_dict(self) -> dict[str, Any]:
-        return {"step": self._step, "data": dict(self._data)}
+        return {"step": self._step, "data": _copy(self._data)}
 
     # ------------------------------------------------------------ saving
 
     @property
     def changed(self) -> bool:
-        return bool(self._ops)
+        return self._cleared or self._step != self._loaded_step or self._data != self._loaded
 
     def save(self, *, ttl: float) -> None:
         """Store the changes made since loading; on a conflict apply them to the newer state and try again."""
-        if not self._ops:
-            return
         for _ in range(MAX_SAVE_ATTEMPTS):
-            if self._stored_empty():
-                if self._version == 0 or self._store.delete(self.key, expected=self._version):
-                    self._version = 0
-                    self._ops.clear()
-                    return
-            elif self._store.save(self.key, self._data, self._step, expected=self._version, ttl=ttl):
-                self._version += 1
-                self._ops.clear()
+            if self.try_save(ttl=ttl):
                 return
-            self._replay(self._store.load(self.key) or StateRecord({}, None, 0))
+            self._rebase(self._store.load(self.key) or StateRecord({}, None, 0))
         raise StateConflict(f"state {self.key!r} changed {MAX_SAVE_ATTEMPTS} times while being saved")
 
-    def _stored_empty(self) -> bool:
-        return not self._data and self._step is None
+    def try_save(self, *, ttl: float) -> bool:
+        """One compare-and-set of the changes; False if another save came first (nothing written then)."""
+        if not self.changed or (self._version == 0 and not self._data and self._step is None):
+            self._cleared = False  # nothing changed, or nothing to store where nothing was stored
+            return True
+        for name, value in self._data.items():
+            _check_json(name, value)  # also values changed in place since they were set
+        if not self._store.save(self.key, self._data, self._step, expected=self._version, ttl=ttl):
+            return False
+        self._version += 1
+        self._loaded, self._loaded_step, self._cleared = _copy(self._data), self._step, False
+        return True
 
-    def _replay(self, newer: StateRecord) -> None:
-        data, step = dict(newer.data), newer.step
-        for op, name, value in self._ops:
-            if op == "set":
-                data[name] = value
-            elif op == "del":
+    def _rebase(self, newer: StateRecord) -> None:
+        """Apply this state's changes (since it was loaded) to ``newer``, as if they had been made after it."""
+        if self._cleared:  # everything, the newer state included, was forgotten; what was set since stays
+            data, step = _copy(self._data), self._step
+        else:
+            data = _copy(newer.data)
+            for name in self._loaded.keys() - self._data.keys():
                 data.pop(name, None)
-            elif op == "step":
-                step = name
-            else:  # clear
-                data, step = {}, None
-        self._data, self._step, self._version = data, step, newer.version
+            for name, value in self._data.items():
+                if name not in self._loaded or self._loaded[name] != value:
+                    data[name] = _copy(value)
+            step = self._step if self._step != self._loaded_step else newer.step
+        self._loaded, self._loaded_step, self._version = _copy(newer.data), newer.step, newer.version
+        self._data, self._step = data, step
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of a JSON value (what is stored never shares objects with what a handler changes)."""
+    return json.loads(json.dumps(value))
 
 
 def _check_json(name: str, value: Any) -> None:
@@ -245,14 +266,15 @@ class MemoryStateStore:
 
     def load(self, key: str) -> StateRecord | None:
         with self._lock:
-            return self._live(key)
+            record = self._live(key)
+            return None if record is None else StateRecord(_copy(record.data), record.step, record.version)
 
     def save(self, key: str, data: Mapping[str, Any], step: str | None, *, expected: int, ttl: float) -> bool:
         with self._lock:
             current = self._live(key)
             if (current.version if current else 0) != expected:
                 return False
-            record = StateRecord(json.loads(json.dumps(dict(data))), step, expected + 1)
+            record = StateRecord(_copy(dict(data)), step, expected + 1)
             self._items[key] = (record, self._clock() + ttl)
             return True
 

@@ -139,12 +139,14 @@ def make_message(
     state: Mapping[str, Any] | None = None,
     step: str | None = None,
     store: StateStore | None = None,
+    scope: str = "conversation",
     **kwargs: Any,
 ) -> Message:
     """The :class:`Message` a handler would receive for ``make_callback(text, **kwargs)``.
 
     Its ``msg.state`` lives in ``store`` (default: a fresh in-memory one), starting with the data ``state``
-    and the step ``step``, so a handler can be called directly::
+    and the step ``step`` (``scope="user"``: the per-user state of a ``Router(state_scope="user")``), so a
+    handler can be called directly::
 
         msg = make_message("Paris", step="ask_city")
         ask_city(msg)
@@ -152,10 +154,10 @@ def make_message(
     """
     callback = parse_callback(make_callback(text, **kwargs))
     assert callback.message is not None
-    msg = callback.message
+    msg = callback.message.with_(state_scope=scope)
     session = StateSession(store if store is not None else MemoryStateStore(), msg, ttl=3600)
     if state or step:
-        seeded = session.get(msg.state_scope)
+        seeded = session.get(scope)
         seeded.update(state or {})
         seeded.step = step
         session.save()
