@@ -19,16 +19,18 @@ from __future__ import annotations
 
 import json
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 
 from flask import Blueprint, Response, g, jsonify, request
+from redis import RedisError
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from . import interactions
 from .auth import BasicAuth
 from .dispatch import Dispatcher
-from .errors import CallbackError, InvalidJSON, Unauthorized, UnsupportedMediaType
+from .errors import CallbackError, DeliveryUnavailable, InvalidJSON, Unauthorized, UnsupportedMediaType
 from .interactions import Replayed, Tokens
 from .metrics import Metrics
 from .schemas import parse_callback, parse_interaction, submission_message
@@ -97,11 +99,18 @@ def create_interactions_blueprint(
     def preflight() -> Response:
         return Response(status=204)
 
+    def sent_record(muid: str) -> object:
+        try:
+            return sent(muid)
+        except (sqlite3.Error, RedisError) as exc:  # as for callbacks: the store is down, try again later
+            log.error("submission: the journal or Redis cannot be read: %s", exc)
+            raise DeliveryUnavailable("the bot cannot check submissions right now; try again") from exc
+
     @bp.post(settings.interactions_path)
     def interaction() -> Response:
         data = _read_json_body("submission", settings.callback_max_bytes)
         event = interactions.verify(
-            parse_interaction(_decode_json(data)), tokens, bot_uid=settings.bot_uid, sent=sent, now=time.time()
+            parse_interaction(_decode_json(data)), tokens, bot_uid=settings.bot_uid, sent=sent_record, now=time.time()
         )
         msg = submission_message(event, bot_uid=settings.bot_uid)
         body = json.dumps(event, ensure_ascii=False, separators=(",", ":")).encode()

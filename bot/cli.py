@@ -36,9 +36,11 @@ def _state():
 @bot_cli.command("routes")
 def routes() -> None:
     """The handlers in match order, with their filters."""
-    for n, (router, route, fallback) in enumerate(_state().router.iter_routes(), 1):
+    root = _state().router
+    limits = dict(root.limits())
+    for n, (router, route, fallback) in enumerate(root.iter_routes(), 1):
         kind = "fallback" if fallback else "route"
-        click.echo(f"{n:3}  {kind:8}  {route.filter.describe():45}  {route.name}  [{router.describe()}]")
+        click.echo(f"{n:3}  {kind:8}  {route.filter.describe():45}  {route.name}  [{limits[router]}]")
 
 
 @bot_cli.command("say")

@@ -181,7 +181,7 @@ class Dispatcher:
         """Hooks and handler; returns the status ("replied" unless a before hook dropped the message)."""
         for hook in resolution.before_hooks():
             result = hook(turn.msg)
-            if result is None:
+            if result is None or result is True:
                 continue
             if result is False:
                 log.info("message %s: dropped by %s", turn.msg.id, getattr(hook, "__qualname__", hook))

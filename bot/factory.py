@@ -28,7 +28,7 @@ from .client import CometChatClient, LocalSender, RetryPolicy, Sender
 from .dispatch import Dispatcher
 from .emulator import Emulator
 from .health import create_health_blueprint
-from .journal import Journal, RateLimit
+from .journal import SENT_TTL, Journal, RateLimit
 from .loop_guard import LoopGuard
 from .metrics import MeteredSender, Metrics
 from .pipeline import Pipeline, PipelineOptions
@@ -120,15 +120,19 @@ def _delivery(
 ) -> Pipeline | RedisDelivery:
     retry = RetryPolicy(max_retries=settings.max_retries, max_retry_after=settings.max_retry_wait)
     rate_limit = RateLimit.parse(settings.rate_limit)
+    # A form's id is checked when it is submitted: keep it as long as its buttons work.
+    sent_ttl = max(SENT_TTL, settings.interaction_ttl)
     if settings.redis_url:
         redis = Redis.from_url(settings.redis_url)
         dispatcher = _dispatcher(settings, router, RedisStateStore(redis), tokens)
         return RedisDelivery(
-            redis, dispatcher, sender, dedup_ttl=settings.dedup_ttl, retry=retry, rate_limit=rate_limit, metrics=metrics
-        )
+            redis, dispatcher, sender, dedup_ttl=settings.dedup_ttl, retry=retry, rate_limit=rate_limit,
+            metrics=metrics, sent_ttl=sent_ttl,
+        )  # fmt: skip
     journal = Journal(
-        settings.journal_path, dedup_ttl=settings.dedup_ttl, rate_limit=rate_limit, synchronous=settings.journal_sync
-    )
+        settings.journal_path, dedup_ttl=settings.dedup_ttl, rate_limit=rate_limit, synchronous=settings.journal_sync,
+        sent_ttl=sent_ttl,
+    )  # fmt: skip
     options = PipelineOptions(
         handler_threads=settings.handler_threads,
         sender_threads=settings.sender_threads,

@@ -196,10 +196,11 @@ def verify(
     claims = tokens.verify(interaction.token)
     if bot_uid and claims.bot != bot_uid:
         raise InvalidToken("the interaction token belongs to another bot")
-    user = interaction.user or claims.user  # a kit that does not say who clicked: in a 1:1 chat only one could
+    # CometChat lowercases uids; a kit that does not say who clicked: in a 1:1 chat only one user could.
+    user = (interaction.user or claims.user).lower()
     if not user:
         raise InvalidCallback("the request does not say who submitted", fields={"data.interactedBy": ["Missing."]})
-    if claims.user and user.lower() != claims.user.lower():
+    if claims.user and user != claims.user.lower():
         raise WrongSubmitter(f"this form was sent to {claims.user!r}, not to {user!r}")
     if interaction.element_id and interaction.element_id != claims.element_id:
         raise InvalidToken(

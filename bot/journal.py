@@ -244,9 +244,11 @@ class Journal:
         dedup_ttl: float = 3600.0,
         rate_limit: RateLimit | None = None,
         synchronous: str = "NORMAL",
+        sent_ttl: float = SENT_TTL,
     ) -> None:
         self.path = str(path)
         self.dedup_ttl = dedup_ttl
+        self.sent_ttl = sent_ttl  # at least as long as a form can be submitted (its id is checked then)
         self.rate_limit = rate_limit
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("NORMAL", "FULL"):
@@ -595,7 +597,7 @@ class Journal:
     def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
         """Record the CometChat id of a delivered reply (and, for interactive messages, its body)."""
         text = None if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":"))
-        ttl = max(self.dedup_ttl, SENT_TTL)
+        ttl = max(self.dedup_ttl, self.sent_ttl)
         with self._write() as con:
             con.execute(
                 "INSERT OR REPLACE INTO sent (muid, message_id, conversation, body, expires_at) VALUES (?, ?, ?, ?, ?)",

@@ -104,6 +104,7 @@ class RedisDelivery:
         retry: RetryPolicy | None = None,
         rate_limit: RateLimit | None = None,
         metrics: Metrics | None = None,
+        sent_ttl: float = SENT_TTL,
     ) -> None:
         self.redis = redis
         self.metrics = metrics or Metrics()
@@ -114,6 +115,7 @@ class RedisDelivery:
         self.dedup_ttl = max(1, int(dedup_ttl))
         self.retry = retry or RetryPolicy()
         self.rate_limit = rate_limit
+        self.sent_ttl = sent_ttl
         self._take_token = self.redis.register_script(_TAKE_TOKEN)
 
     # ------------------------------------------------------------ web side
@@ -206,7 +208,7 @@ class RedisDelivery:
     def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
         """Record a delivered reply's CometChat id (and an interactive message's body) under its muid."""
         record = {"id": message_id, "conversation": conversation, "body": body}
-        ttl = max(self.dedup_ttl, SENT_TTL)
+        ttl = int(max(self.dedup_ttl, self.sent_ttl))
         self.redis.set(f"{PREFIX}:sent:{muid}", json.dumps(record, ensure_ascii=False), ex=ttl)
 
     def sent(self, muid: str) -> SentRecord | None:

@@ -51,8 +51,8 @@ from .state import SCOPES
 
 Handler = Callable[..., Any]
 ErrorHandler = Callable[[Message, Exception], Any]
-#: ``before(msg)``: None to go on, a Message to go on with it instead, False to drop it, anything else is
-#: the answer (sent instead of running the handler).
+#: ``before(msg)``: None (or True) to go on, a Message to go on with it instead, False to drop it, anything
+#: else is the answer (sent instead of running the handler).
 BeforeHook = Callable[[Message], Any]
 #: ``after(msg, replies)``: None keeps the replies, a list replaces them.
 AfterHook = Callable[[Message, list], Any]
@@ -155,12 +155,12 @@ class Router:
         return f"<Router {self.name or hex(id(self))}: {len(self.routes)} routes, {len(self.inclusions)} included>"
 
     def describe(self) -> str:
-        """Its name and what limits it (group policy, its own filters, state scope): for ``flask bot routes``."""
+        """Its name and what limits it (group policy, its own filters, state scope)."""
         parts = [self.name or hex(id(self))]
         if self.group_policy:
             parts.append(f"groups: {self.group_policy}")
         if self.filters:
-            parts.append("only " + ", ".join(getattr(f, "__name__", None) or type(f).__name__ for f in self.filters))
+            parts.append("only " + ", ".join(_filter_name(f) for f in self.filters))
         if self.state_scope != "conversation":
             parts.append(f"state per {self.state_scope}")
         return "; ".join(parts)
@@ -281,19 +281,20 @@ class Router:
     def _first(
         self, msg: Message, table: str, parents: tuple[Router, ...], policy: str, captured: Captures
     ) -> Resolution | None:
-        policy = self.group_policy or policy
-        if not group_policy_admits(policy, msg):
-            return None
         captured = _apply(self.filters, msg, captured)
         if captured is None:
             return None
         chain = (*parents, self)
-        for route in getattr(self, table):
-            if msg.is_action and not route.filter.accepts_actions:
-                continue
-            captures = route.filter(msg)
-            if captures is not None:
-                return Resolution(route, {**captured, **captures}, chain)
+        # The policy decides for this router's own routes; an included router with a policy of its own decides
+        # for its routes itself (one without inherits this one's).
+        policy = self.group_policy or policy
+        if group_policy_admits(policy, msg):
+            for route in getattr(self, table):
+                if msg.is_action and not route.filter.accepts_actions:
+                    continue
+                captures = route.filter(msg)
+                if captures is not None:
+                    return Resolution(route, {**captured, **captures}, chain)
         for inclusion in self.inclusions:
             prefix = _apply(inclusion.filters, msg, captured)
             if prefix is None:
@@ -312,14 +313,42 @@ class Router:
             for route in router.fallbacks:
                 yield router, route, True
 
+    def limits(self) -> Iterator[tuple[Router, str]]:
+        """Every router with what limits its routes, inherited limits included (for ``flask bot routes``)."""
+        yield from self._limits("all", ())
+
+    def _limits(self, policy: str, inherited: tuple[str, ...]) -> Iterator[tuple[Router, str]]:
+        own = tuple(_filter_name(f) for f in self.filters)
+        policy = self.group_policy or policy
+        parts = [self.name or hex(id(self))]
+        if policy != "all":
+            parts.append(f"groups: {policy}" + ("" if self.group_policy else " (inherited)"))
+        if inherited or own:
+            parts.append("only " + ", ".join((*inherited, *own)))
+        if self.state_scope != "conversation":
+            parts.append(f"state per {self.state_scope}")
+        yield self, "; ".join(parts)
+        for inclusion in self.inclusions:
+            names = (*inherited, *own, *(_filter_name(f) for f in inclusion.filters))
+            yield from inclusion.router._limits(policy, names)
+
     def _walk(self) -> Iterator[Router]:
         yield self
         for inclusion in self.inclusions:
             yield from inclusion.router._walk()
 
 
+def _filter_name(prefix: PrefixFilter) -> str:
+    describe = getattr(prefix, "describe", None)
+    return describe() if callable(describe) else getattr(prefix, "__name__", None) or type(prefix).__name__
+
+
 def _apply(filters: tuple[PrefixFilter, ...], msg: Message, captured: Captures) -> Captures | None:
-    """Run a router's own filters: None if one refuses, else what they captured added to ``captured``."""
+    """Run a router's own filters: None if one refuses, else what they captured added to ``captured``.
+
+    A filter refuses with None, False or another falsy value that is not a dict; a dict (even an empty one,
+    what a :class:`~bot.filters.Filter` returns for a match without captures) accepts.
+    """
     for prefix in filters:
         result = prefix(msg)
         if result is None or result is False or (not result and not isinstance(result, dict)):

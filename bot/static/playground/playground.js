@@ -117,9 +117,43 @@
   }
 
   function initials(name) {
-    const parts = String(name).trim().split(/\s+/).filter(Boolean);
-    const letters = parts.length > 1 ? parts[0][0] + parts[1][0] : String(name).slice(0, 2);
-    return letters.toUpperCase() || "?";
+    const words = String(name).match(/[\p{L}\p{N}]+/gu) || [];
+    const letters = words.length > 1 ? words[0][0] + words[1][0] : words.length ? words[0][0] : "?";
+    return letters.toUpperCase();
+  }
+
+  /** Line icons (24×24, stroked) built as SVG elements: no icon font, no emoji font needed. */
+  const ICONS = {
+    bot: [["rect", { x: 4, y: 8, width: 16, height: 12, rx: 3 }], ["path", { d: "M12 8V4.5M2 13v3M22 13v3" }],
+      ["circle", { cx: 12, cy: 3.5, r: 1 }], ["circle", { cx: 9, cy: 14, r: 1.3, fill: "currentColor" }],
+      ["circle", { cx: 15, cy: 14, r: 1.3, fill: "currentColor" }]],
+    clip: [["path", { d: "M21.4 11.1l-9.2 9.2a6 6 0 0 1-8.5-8.5l9.2-9.2a4 4 0 0 1 5.7 5.7l-9.2 9.2a2 2 0 0 1-2.8-2.8l8.5-8.5" }]],
+    link: [["path", { d: "M10 13a5 5 0 0 0 7.5.5l3-3a5 5 0 0 0-7-7l-1.7 1.7" }],
+      ["path", { d: "M14 11a5 5 0 0 0-7.5-.5l-3 3a5 5 0 0 0 7 7l1.7-1.7" }]],
+    braces: [["path", { d: "M8 3H7a2 2 0 0 0-2 2v5a2 2 0 0 1-2 2 2 2 0 0 1 2 2v5a2 2 0 0 0 2 2h1" }],
+      ["path", { d: "M16 21h1a2 2 0 0 0 2-2v-5a2 2 0 0 1 2-2 2 2 0 0 1-2-2V5a2 2 0 0 0-2-2h-1" }]],
+    eye: [["path", { d: "M1 12s4-8 11-8 11 8 11 8-4 8-11 8-11-8-11-8z" }], ["circle", { cx: 12, cy: 12, r: 3 }]],
+    thread: [["path", { d: "M21 11.5a8.4 8.4 0 0 1-9 8.5 8.4 8.4 0 0 1-3.8-.9L3 21l1.9-5.7A8.4 8.4 0 0 1 4 11.5 8.5 8.5 0 0 1 12.5 3 8.5 8.5 0 0 1 21 11.5z" }]],
+    file: [["path", { d: "M13 2H6a2 2 0 0 0-2 2v16a2 2 0 0 0 2 2h12a2 2 0 0 0 2-2V9z" }], ["path", { d: "M13 2v7h7" }]],
+    image: [["rect", { x: 3, y: 3, width: 18, height: 18, rx: 2 }], ["circle", { cx: 8.5, cy: 8.5, r: 1.5 }],
+      ["path", { d: "M21 15l-5-5L5 21" }]],
+    video: [["rect", { x: 1, y: 5, width: 15, height: 14, rx: 2 }], ["path", { d: "M23 7l-7 5 7 5z" }]],
+    audio: [["path", { d: "M9 18V5l12-2v13" }], ["circle", { cx: 6, cy: 18, r: 3 }], ["circle", { cx: 18, cy: 16, r: 3 }]],
+  };
+
+  function icon(name, className) {
+    const ns = "http://www.w3.org/2000/svg";
+    const svg = document.createElementNS(ns, "svg");
+    const attrs = { viewBox: "0 0 24 24", width: 18, height: 18, fill: "none", stroke: "currentColor",
+      "stroke-width": 2, "stroke-linecap": "round", "stroke-linejoin": "round", "aria-hidden": "true",
+      class: `svg-icon${className ? ` ${className}` : ""}` };
+    for (const [k, v] of Object.entries(attrs)) svg.setAttribute(k, String(v));
+    for (const [tag, shapeAttrs] of ICONS[name] || []) {
+      const shape = document.createElementNS(ns, tag);
+      for (const [k, v] of Object.entries(shapeAttrs)) shape.setAttribute(k, String(v));
+      svg.append(shape);
+    }
+    return svg;
   }
 
   function colorFor(uid) {
@@ -242,19 +276,19 @@
     if (id === myDirectId()) {
       return {
         id, kind: "direct", receiver: S.bot.uid, receiverType: "user", readOnly: !S.me,
-        title: `${S.bot.name}`, icon: "🤖",
+        title: `${S.bot.name}`,
       };
     }
     if (id.startsWith("group_")) {
       const guid = id.slice("group_".length);
       const group = S.groups.find((g) => g.guid === guid) || { guid, name: guid, members: [], botIsMember: false };
       return { id, kind: "group", group, receiver: group.guid, receiverType: "group", readOnly: !S.me,
-        title: group.name, icon: "#" };
+        title: group.name };
     }
     const owners = id.split("_user_").filter((uid) => !isBotUid(uid));
     const names = owners.map(nameOf);
     return {
-      id, kind: "peek", owners, readOnly: true, receiver: "", receiverType: "user", icon: "👁",
+      id, kind: "peek", owners, readOnly: true, receiver: "", receiverType: "user",
       title: `${names.join(" & ") || "?"} ↔ ${S.bot.name}`,
     };
   }
@@ -339,7 +373,7 @@
         type: "button", class: "conversation", testid: "conversation", "aria-current": current ? "true" : "false",
         data: { conversationId: id }, onclick: () => openConversation(id),
       },
-      h("span", { class: "conv-icon", "aria-hidden": "true", text: icon }),
+      h("span", { class: "conv-icon", "aria-hidden": "true" }, icon),
       h("span", { class: "conv-name" }, name, note ? h("span", { class: "conv-note", text: ` · ${note}` }) : null),
       badge ? h("span", { class: "badge warn", text: badge }) : null,
       unread ? h("span", { class: "badge", testid: "unread", text: String(unread), title: "new messages" }) : null,
@@ -349,7 +383,7 @@
 
   function renderConversations() {
     const items = [];
-    if (S.me) items.push(conversationItem(myDirectId(), "🤖", S.bot.name, "direct chat"));
+    if (S.me) items.push(conversationItem(myDirectId(), icon("bot"), S.bot.name, "direct chat"));
     items.push(h("li", { class: "section", text: "Groups" }));
     for (const g of S.groups) {
       const members = Array.isArray(g.members) ? g.members.length : 0;
@@ -361,7 +395,7 @@
       items.push(h("li", { class: "section", text: "Other users' chats with the bot (read-only)" }));
       for (const id of others) {
         const owners = id.split("_user_").filter((uid) => !isBotUid(uid));
-        items.push(conversationItem(id, "👁", owners.map(nameOf).join(" & ") || id, null, null));
+        items.push(conversationItem(id, icon("eye"), owners.map(nameOf).join(" & ") || id, null, null));
       }
     }
     $("conversation-list").replaceChildren(...items);
@@ -412,7 +446,7 @@
     }
     const where = c.kind === "group" ? `#${c.title}` : S.bot.name;
     input.placeholder = writable
-      ? `Message ${where} as ${nameOf(S.me)}… (Enter sends, Shift+Enter: new line, @ mentions)`
+      ? `Message ${where} as ${nameOf(S.me)}…`
       : S.me ? "Read-only: not your conversation" : "Add a user to start chatting";
     $("thread-composer-input").placeholder = writable ? `Reply in thread as ${nameOf(S.me)}…` : "Read-only";
     $("thread-composer-input").disabled = !writable;
@@ -508,7 +542,7 @@
       testid: "message",
       data: { messageId: m.id, sender: m.sender, category: m.category, type: m.type, bot: bot ? "true" : "false" },
     });
-    const avatar = h("div", { class: "avatar", "aria-hidden": "true", text: bot ? "🤖" : initials(name) });
+    const avatar = h("div", { class: "avatar", "aria-hidden": "true" }, bot ? icon("bot") : initials(name));
     if (!bot) avatar.style.backgroundColor = colorFor(m.sender);
     const time = formatTime(m.sentAt);
     const meta = h(
@@ -530,17 +564,18 @@
       if (reactions) bubble.append(reactions);
     }
     if (where === "main") {
+      // "n replies" under a message with a thread; a quiet "Reply in thread" in the header line otherwise.
       const replies = Number(m.replyCount) || 0;
-      bubble.append(
-        h("button", {
-          type: "button",
-          class: replies ? "thread-link" : "thread-link quiet",
-          testid: "thread-button",
-          data: { replyCount: replies },
-          text: replies ? `💬 ${plural(replies, "reply", "replies")}` : "Reply in thread",
-          onclick: () => openThread(m.id),
-        }),
-      );
+      const link = h("button", {
+        type: "button",
+        class: replies ? "thread-link" : "thread-link quiet",
+        testid: "thread-button",
+        data: { replyCount: replies },
+        title: replies ? "Open the thread" : "Reply in thread",
+        onclick: () => openThread(m.id),
+      }, icon("thread"), replies ? plural(replies, "reply", "replies") : "Reply in thread");
+      if (replies) bubble.append(link);
+      else meta.append(link);
     }
     li.append(avatar, bubble);
     return li;
@@ -623,23 +658,28 @@
         wrap.append(h("p", { class: "deleted", text: `(${name}: not an http(s) URL, not shown)` }));
         continue;
       }
+      const size = humanSize(a.size);
+      const caption = () =>
+        h("a", { class: "media-caption", href: url, target: "_blank", rel: "noopener noreferrer", testid: "message-caption",
+          title: `Open ${name}` }, name, size ? ` · ${size}` : "");
       if (m.type === "image") {
         wrap.append(
           h("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: name },
             h("img", { class: "media-img", src: url, alt: name, testid: "message-image" })),
+          caption(),
         );
       } else if (m.type === "video") {
-        wrap.append(h("video", { class: "media-player", src: url, controls: true, preload: "metadata", testid: "message-video" }));
+        wrap.append(h("video", { class: "media-player", src: url, controls: true, preload: "metadata", testid: "message-video" }), caption());
       } else if (m.type === "audio") {
-        wrap.append(h("audio", { class: "media-player", src: url, controls: true, preload: "metadata", testid: "message-audio" }));
+        wrap.append(h("audio", { class: "media-player", src: url, controls: true, preload: "metadata", testid: "message-audio" }), caption());
+      } else {
+        wrap.append(
+          h("a", { class: "file-link", href: url, target: "_blank", rel: "noopener noreferrer", download: name, testid: "message-file" },
+            icon("file"),
+            h("span", { class: "file-name", text: name }),
+            size ? h("span", { class: "file-size", text: size }) : null),
+        );
       }
-      const size = humanSize(a.size);
-      wrap.append(
-        h("a", { class: "file-link", href: url, target: "_blank", rel: "noopener noreferrer", download: name, testid: "message-file" },
-          h("span", { "aria-hidden": "true", text: { image: "🖼", video: "🎬", audio: "🎵" }[m.type] || "📄" }),
-          h("span", { text: name }),
-          size ? h("span", { class: "file-size", text: size }) : null),
-      );
     }
     return wrap;
   }
@@ -1250,7 +1290,7 @@
               event.preventDefault();
               choose(u.uid);
             },
-          }, h("span", { text: isBotUid(u.uid) ? `🤖 ${u.name}` : u.name }), h("span", { class: "uid", text: `@${u.uid}` })),
+          }, isBotUid(u.uid) ? icon("bot") : null, h("span", { text: u.name }), h("span", { class: "uid", text: `@${u.uid}` })),
         ),
       );
       popup.hidden = false;
