@@ -82,8 +82,15 @@ def test_human_size(size, shown):
 
 
 def test_every_example_module_is_discovered():
-    names = [router.name for router in discover_routers("bots")]
-    assert names == ["bots.booking", "bots.group", "bots.help", "bots.media", "bots.weather"]
+    [root] = discover_routers("bots")  # the package's own router, the parent of every module's
+    assert root.name == "bots"
+    assert [child.name for child in root.children] == [
+        "bots.booking",
+        "bots.group",
+        "bots.help",
+        "bots.media",
+        "bots.weather",
+    ]
     assert group.bot.routes and help.bot.fallbacks
 
 
@@ -158,3 +165,15 @@ def test_group_faq_answers_a_mention_in_a_thread_and_follows_the_thread(client):
     # ... while other threads and plain chatter stay unanswered.
     assert client.send("deploys?", group="ops", parent_id="999") == []
     assert client.send("password?", group="ops") == []
+
+
+def test_a_handler_that_fails_gets_the_apps_apology(client, monkeypatch):
+    """bots/__init__.py's router is the parent of every module's: its on_error answers for all of them."""
+
+    def broken(city: str, day: str = "today") -> str:
+        raise RuntimeError("weather service down")
+
+    monkeypatch.setattr(weather, "forecast", broken)
+    assert client.send("/weather Paris").texts == [
+        "Sorry, something went wrong on my side. Please try again in a moment."
+    ]
