@@ -14,12 +14,17 @@ test: install-dev system-deps  ## install and run lint + the test suite
 	$(BIN)/ruff format --check .
 	$(BIN)/pytest
 
-# Real services the tests use: redis-server (the tests start their own instance on a unix socket).
+# Real services the tests use: redis-server (the tests start their own instance on a unix socket) and
+# Debian's chromium (tests/test_playground_browser.py drives it headless through Playwright).
 system-deps:
 	@command -v redis-server >/dev/null || { \
 	  echo "installing redis-server (Debian package)"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq redis-server >/dev/null; }
+	@[ -x /usr/bin/chromium ] || { \
+	  echo "installing chromium (Debian package)"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev

@@ -356,9 +356,9 @@ class Emulator:
         data = json.loads(json.dumps(data))  # a copy of what was sent, as a server would keep it
         text = data.get("text")
         if isinstance(text, str):
-            mentioned = {uid.lower() for uid in MENTION_TOKEN.findall(text)}
-            if mentioned:
-                data["mentions"] = {uid: dict(self.user(uid)) for uid in mentioned}
+            mentioned = {uid.lower() for uid in MENTION_TOKEN.findall(text)} & self.users.keys()
+            if mentioned:  # CometChat fills data.mentions for users that exist (at most 10 per message)
+                data["mentions"] = {uid: dict(self.users[uid]) for uid in sorted(mentioned)[:10]}
         data["entities"] = {"sender": {"entityType": "user", "entity": dict(self.users[sender])},
                             "receiver": receiver_entity}  # fmt: skip
         now = int(time.time())

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import mimetypes
 import os
+import re
 import tempfile
 import uuid
 from pathlib import Path
@@ -103,14 +104,20 @@ def create_playground_blueprint(emulator: Emulator) -> Blueprint:
     @bp.post("/playground/api/users")
     def add_user() -> Response:
         body = _json_body()
-        return jsonify(emulator.user(_str(body, "uid"), str(body.get("name") or "")))
+        uid = _id(body, "uid")
+        if uid == emulator.bot_uid:
+            raise ApiError(409, "ERR_UID_ALREADY_EXISTS", f"{uid!r} is the bot")
+        return jsonify(emulator.user(uid, str(body.get("name") or "")))
 
     @bp.post("/playground/api/groups")
-    def add_group() -> Response:
+    def add_group() -> tuple[Response, int]:
         body = _json_body()
+        guid = _id(body, "guid")
+        if guid in emulator.groups:
+            raise ApiError(409, "ERR_GUID_ALREADY_EXISTS", f"the group {guid!r} exists already")
         members = [emulator.bot_uid, *([body["creator"]] if isinstance(body.get("creator"), str) else [])]
-        group = emulator.group(_str(body, "guid"), str(body.get("name") or ""), members=members)
-        return jsonify(guid=group["guid"], name=group["name"], members=sorted(group["members"]))
+        group = emulator.group(guid, str(body.get("name") or ""), members=members)
+        return jsonify(guid=group["guid"], name=group["name"], members=sorted(group["members"])), 201
 
     @bp.put("/playground/api/groups/<guid>/members/<uid>")
     def set_member(guid: str, uid: str) -> Response:
@@ -146,7 +153,14 @@ def create_playground_blueprint(emulator: Emulator) -> Blueprint:
 
     @bp.get("/playground/files/<name>")
     def uploaded(name: str) -> Response:
-        return send_from_directory(uploads, name)
+        # Uploads are anyone's bytes on the app's own origin: media are shown, everything else (HTML, SVG, ...)
+        # is a download, and nothing runs scripts with the page's rights.
+        kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
+        inline = kind.split("/")[0] in ("image", "audio", "video") and kind != "image/svg+xml"
+        response = send_from_directory(uploads, name, as_attachment=not inline)
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Content-Security-Policy"] = "sandbox"
+        return response
 
     return bp
 
@@ -163,6 +177,17 @@ def _str(body: dict[str, Any], name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise PlaygroundError(f"{name} is required", fields={name: ["Missing or not a string."]})
     return value.strip()
+
+
+def _id(body: dict[str, Any], name: str) -> str:
+    """A uid or guid as CometChat takes them: lower case letters, digits, ``_`` and ``-``."""
+    value = _str(body, name).lower()
+    if not _ID.fullmatch(value):
+        raise PlaygroundError(f"{name} may hold letters, digits, _ and - (at most 100)", fields={name: ["Invalid."]})
+    return value
+
+
+_ID = re.compile(r"[a-z0-9_-]{1,100}")
 
 
 def _int_arg(name: str, default: int) -> int:

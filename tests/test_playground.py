@@ -125,7 +125,9 @@ def test_group_setting_and_membership_decide_what_the_bot_sees(http, local_app):
 
 def test_new_users_and_groups(http):
     assert http.post("/playground/api/users", json={"uid": "Dora", "name": "Dora D."}).get_json()["uid"] == "dora"
-    group = http.post("/playground/api/groups", json={"guid": "ops", "name": "Ops", "creator": "dora"}).get_json()
+    created = http.post("/playground/api/groups", json={"guid": "ops", "name": "Ops", "creator": "dora"})
+    assert created.status_code == 201
+    group = created.get_json()
     assert group == {"guid": "ops", "name": "Ops", "members": ["bot", "dora"]}
 
 
@@ -180,3 +182,41 @@ def test_no_playground_when_switched_off_or_with_cometchat_credentials(tmp_path,
     http = app.test_client()
     assert http.get("/playground").status_code == 404
     assert http.post("/playground/api/messages", json={}).status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "disposition"),
+    [
+        ("cat.png", b"\x89PNG\r\n\x1a\n", "inline"),
+        ("page.html", b"<script>alert(1)</script>", "attachment"),
+        ("logo.svg", b"<svg onload='alert(1)'/>", "attachment"),
+    ],
+)
+def test_uploads_never_run_as_the_pages_origin(http, name, body, disposition):
+    url = http.post("/playground/api/uploads", data={"file": (io.BytesIO(body), name)}).get_json()["url"]
+    served = http.get(url.replace("http://localhost", ""))
+    assert served.data == body
+    assert served.headers["X-Content-Type-Options"] == "nosniff"
+    assert served.headers["Content-Security-Policy"] == "sandbox"
+    assert served.headers.get("Content-Disposition", "inline").split(";")[0] == disposition
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "code"),
+    [
+        ("/playground/api/users", {"uid": "Bad Uid!"}, 400, "bad_request"),
+        ("/playground/api/users", {"uid": "bot", "name": "Evil"}, 409, "ERR_UID_ALREADY_EXISTS"),
+        ("/playground/api/groups", {"guid": "team", "name": "Again"}, 409, "ERR_GUID_ALREADY_EXISTS"),
+        ("/playground/api/groups", {"guid": "no spaces"}, 400, "bad_request"),
+    ],
+)
+def test_users_and_groups_are_named_as_cometchat_names_them(http, path, body, status, code):
+    response = http.post(path, json=body)
+    assert (response.status_code, response.get_json()["error"]["code"]) == (status, code)
+    state = http.get("/playground/api/state").get_json()
+    assert state["bot"]["name"] == "Bot" and [g["name"] for g in state["groups"]] == ["Team"]
+
+
+def test_mentions_of_unknown_uids_create_no_users(http):
+    say(http, "hi <@uid:ghost> and <@uid:bob>")
+    assert "ghost" not in {u["uid"] for u in http.get("/playground/api/state").get_json()["users"]}

@@ -23,6 +23,8 @@
     groups: [],
     setting: "allMessages",
     stateKey: "",
+    namesKey: "", // who is called what: message nodes are rebuilt when it changes
+    stateVersion: 0, // version of the newest snapshot applied (an older one arriving late is ignored)
     me: "",
     openId: "", // conversationId of the open conversation
     thread: null, // id of the message whose thread is open
@@ -241,6 +243,10 @@
 
   function applyState(state) {
     if (!isObject(state)) return;
+    if (typeof state.version === "number") {
+      if (state.version < S.stateVersion) return;
+      S.stateVersion = state.version;
+    }
     const key = JSON.stringify([state.bot, state.users, state.groups, state.groupChatSetting]);
     if (key === S.stateKey) return;
     S.stateKey = key;
@@ -248,6 +254,7 @@
     S.users = Array.isArray(state.users) ? state.users : [];
     S.groups = Array.isArray(state.groups) ? state.groups : [];
     S.setting = state.groupChatSetting || "allMessages";
+    S.namesKey = JSON.stringify([S.bot.uid, S.bot.name, S.users.map((u) => [u.uid, u.name])]);
     if (!S.users.some((u) => u.uid === S.me)) {
       const saved = store.get("me");
       const fallback = S.users.find((u) => u.uid === "alice") || S.users[0];
@@ -347,10 +354,14 @@
     renderThread();
   }
 
+  let usersKey = "";
   function renderUsers() {
     const picker = $("user-picker");
-    const options = S.users.map((u) => h("option", { value: u.uid, text: `${u.name} (${u.uid})` }));
-    picker.replaceChildren(...options);
+    const key = JSON.stringify(S.users.map((u) => [u.uid, u.name]));
+    if (key !== usersKey) {
+      usersKey = key; // rebuilt only when the users changed (an open drop-down stays open otherwise)
+      picker.replaceChildren(...S.users.map((u) => h("option", { value: u.uid, text: `${u.name} (${u.uid})` })));
+    }
     picker.value = S.me;
     picker.disabled = S.users.length === 0;
   }
@@ -364,7 +375,7 @@
     return count;
   }
 
-  function conversationItem(id, icon, name, note, badge) {
+  function conversationItem({ id, iconName, name, note, badge }) {
     const current = id === (S.openId || myDirectId());
     const unread = current ? 0 : unreadCount(id);
     const button = h(
@@ -373,7 +384,7 @@
         type: "button", class: "conversation", testid: "conversation", "aria-current": current ? "true" : "false",
         data: { conversationId: id }, onclick: () => openConversation(id),
       },
-      h("span", { class: "conv-icon", "aria-hidden": "true" }, icon),
+      h("span", { class: "conv-icon", "aria-hidden": "true" }, iconName ? icon(iconName) : "#"),
       h("span", { class: "conv-name" }, name, note ? h("span", { class: "conv-note", text: ` · ${note}` }) : null),
       badge ? h("span", { class: "badge warn", text: badge }) : null,
       unread ? h("span", { class: "badge", testid: "unread", text: String(unread), title: "new messages" }) : null,
@@ -381,24 +392,33 @@
     return h("li", null, button);
   }
 
+  let conversationsKey = "";
   function renderConversations() {
-    const items = [];
-    if (S.me) items.push(conversationItem(myDirectId(), icon("bot"), S.bot.name, "direct chat"));
-    items.push(h("li", { class: "section", text: "Groups" }));
+    const rows = [];
+    if (S.me) rows.push({ id: myDirectId(), iconName: "bot", name: S.bot.name, note: "direct chat" });
+    rows.push({ section: "Groups" });
     for (const g of S.groups) {
       const members = Array.isArray(g.members) ? g.members.length : 0;
-      items.push(conversationItem(`group_${g.guid}`, "#", g.name, plural(members, "member", "members"),
-        g.botIsMember ? null : "no bot"));
+      rows.push({ id: `group_${g.guid}`, name: g.name, note: plural(members, "member", "members"),
+        badge: g.botIsMember ? null : "no bot" });
     }
     const others = otherDirectConversations();
     if (others.length) {
-      items.push(h("li", { class: "section", text: "Other users' chats with the bot (read-only)" }));
+      rows.push({ section: "Other users' chats with the bot (read-only)" });
       for (const id of others) {
         const owners = id.split("_user_").filter((uid) => !isBotUid(uid));
-        items.push(conversationItem(id, icon("eye"), owners.map(nameOf).join(" & ") || id, null, null));
+        rows.push({ id, iconName: "eye", name: owners.map(nameOf).join(" & ") || id });
       }
     }
-    $("conversation-list").replaceChildren(...items);
+    const current = S.openId || myDirectId();
+    for (const row of rows) if (row.id) row.state = [row.id === current, row.id === current ? 0 : unreadCount(row.id)];
+    // Rebuilt only when something shown changed: a click is not lost to a rebuild between mouse down and up.
+    const key = JSON.stringify(rows);
+    if (key === conversationsKey) return;
+    conversationsKey = key;
+    $("conversation-list").replaceChildren(
+      ...rows.map((row) => (row.section ? h("li", { class: "section", text: row.section }) : conversationItem(row))),
+    );
   }
 
   const SETTING_HINTS = {
@@ -503,7 +523,9 @@
       let entry = cache.get(m.id);
       if (!entry || entry.signature !== signature) {
         const node = renderMessage(m, where);
+        const focus = entry ? focusIn(entry.node) : null;
         if (entry && entry.node.parentNode === container) entry.node.replaceWith(node);
+        if (focus) restoreFocus(node, focus);
         entry = { signature, node };
         cache.set(m.id, entry);
       }
@@ -516,6 +538,34 @@
     for (const id of [...cache.keys()]) if (!keep.has(id)) cache.delete(id);
   }
 
+  /** The focused form control inside ``node`` (by its data-focus-key), with its caret. */
+  function focusIn(node) {
+    const active = document.activeElement;
+    if (!active || !node.contains(active) || !active.dataset.focusKey) return null;
+    let start = null;
+    let end = null;
+    try {
+      start = active.selectionStart;
+      end = active.selectionEnd;
+    } catch {
+      /* not a text control */
+    }
+    return { key: active.dataset.focusKey, start, end };
+  }
+
+  function restoreFocus(node, focus) {
+    const target = [...node.querySelectorAll("[data-focus-key]")].find((el) => el.dataset.focusKey === focus.key);
+    if (!target || target.disabled) return;
+    target.focus({ preventScroll: true });
+    if (focus.start !== null && typeof target.setSelectionRange === "function") {
+      try {
+        target.setSelectionRange(focus.start, focus.end);
+      } catch {
+        /* not a text control */
+      }
+    }
+  }
+
   function messageSignature(m) {
     const key = `${S.me}|${m.id}`;
     const local = [
@@ -524,7 +574,7 @@
       S.ierrors.get(key) || null,
       [...(S.invalid.get(key) || [])],
     ];
-    return JSON.stringify([m, S.me, S.stateKey, local]);
+    return JSON.stringify([m, S.me, S.namesKey, local]);
   }
 
   function senderName(m) {
@@ -665,7 +715,11 @@
       if (m.type === "image") {
         wrap.append(
           h("a", { href: url, target: "_blank", rel: "noopener noreferrer", title: name },
-            h("img", { class: "media-img", src: url, alt: name, testid: "message-image" })),
+            h("img", { class: "media-img", src: url, alt: name, testid: "message-image",
+              onerror: (event) => {
+                event.target.alt = `${name} (could not be loaded)`;
+                event.target.classList.add("broken");
+              } })),
           caption(),
         );
       } else if (m.type === "video") {
@@ -825,6 +879,7 @@
           ? h("textarea", { id: domId, rows: String(Math.min(lines, 8)) })
           : h("input", { id: domId, type: "text" });
         input.dataset.testid = `field-${id}`;
+        input.dataset.focusKey = domId;
         if (placeholder) input.placeholder = String(placeholder);
         input.value = String(values[id] ?? "");
         input.disabled = locked;
@@ -838,7 +893,7 @@
         break;
       }
       case "dropdown": {
-        const select = h("select", { id: domId, testid: `field-${id}` });
+        const select = h("select", { id: domId, testid: `field-${id}`, data: { focusKey: domId } });
         select.append(h("option", { value: "", text: "Choose…", disabled: true }));
         for (const o of options) select.append(h("option", { value: String(o.value), text: String(o.label ?? o.value) }));
         select.value = String(values[id] ?? "");
@@ -859,7 +914,8 @@
         const box = h("div", { class: multi ? "options" : "segmented" });
         for (const o of options) {
           const value = String(o.value);
-          const input = h("input", { type: multi ? "checkbox" : "radio", name: domId, value });
+          const input = h("input", { type: multi ? "checkbox" : "radio", name: domId, value,
+            data: { focusKey: `${domId}=${value}` } });
           input.checked = multi ? (values[id] || []).includes(value) : values[id] === value;
           input.disabled = locked;
           input.addEventListener("change", () => {
@@ -902,7 +958,7 @@
       type: submit ? "submit" : "button",
       class: `ibutton${secondary ? " secondary" : ""}${isUrl ? " url" : ""}`,
       testid: `button-${id}`,
-      data: { elementId: id, done: done ? "true" : "false", pending: pending ? "true" : null },
+      data: { elementId: id, done: done ? "true" : "false", pending: pending ? "true" : null, focusKey: `button-${id}` },
       title: isUrl ? String(action.url || "") : action.actionType === "apiAction" ? `Calls ${action.url || "?"}` : null,
       text: String(el.buttonText || el.text || el.label || id || "Button"),
     });
@@ -915,7 +971,13 @@
     const done = doneIds(m);
     const card = h("div", { class: "card", testid: "interactive-card", data: { messageId: m.id } });
     const image = safeUrl(d.imageUrl);
-    if (image) card.append(h("img", { class: "card-img", src: image, alt: "", testid: "card-image" }));
+    if (image) {
+      const img = h("img", { class: "card-img", src: image, alt: "", testid: "card-image" });
+      img.addEventListener("error", () => {
+        img.hidden = true;
+      });
+      card.append(img);
+    }
     if (d.text !== undefined) card.append(h("p", { class: "card-text", testid: "card-text", text: String(d.text) }));
     const actions = Array.isArray(d.cardActions) ? d.cardActions.filter(isObject) : [];
     if (actions.length) card.append(h("div", { class: "actions" }, actions.map((el) => renderButton(m, el))));
@@ -1170,21 +1232,28 @@
     });
   }
 
-  async function sendText(input, parentId) {
+  // Sends go out one after another, in the order they were made (a quick second Enter is not lost or reordered).
+  let sendQueue = Promise.resolve();
+  function enqueue(task) {
+    const run = sendQueue.then(task, task);
+    sendQueue = run.catch(() => undefined);
+    return run;
+  }
+
+  function sendText(input, parentId) {
     const raw = input.value;
-    if (!raw.trim() || input.dataset.sending === "true") return;
-    input.dataset.sending = "true";
+    if (!raw.trim()) return Promise.resolve(false);
     input.value = "";
     autosize(input);
-    try {
-      const ok = await sendMessage({ category: "message", type: "text", text: withMentionTokens(raw) }, parentId);
+    const text = withMentionTokens(raw);
+    return enqueue(async () => {
+      const ok = await sendMessage({ category: "message", type: "text", text }, parentId);
       if (!ok && !input.value) {
-        input.value = raw;
+        input.value = raw; // not sent: give the text back
         autosize(input);
       }
-    } finally {
-      input.dataset.sending = "false";
-    }
+      return ok;
+    });
   }
 
   async function uploadAndSend(file) {
@@ -1200,7 +1269,7 @@
       setStatus("", "");
       return;
     }
-    await sendMessage({ category: "message", type: typeForMime(attachment.mimeType), attachments: [attachment] }, null);
+    await enqueue(() => sendMessage({ category: "message", type: typeForMime(attachment.mimeType), attachments: [attachment] }, null));
   }
 
   async function sendMediaUrl(form) {
@@ -1213,10 +1282,8 @@
     const extension = name.includes(".") ? name.split(".").pop().toLowerCase() : "";
     const mimeType = MIME_BY_EXTENSION[extension] || "application/octet-stream";
     const type = form.elements.type.value || typeForMime(mimeType);
-    const ok = await sendMessage(
-      { category: "message", type, attachments: [{ url, name, mimeType, extension }] },
-      null,
-    );
+    const ok = await enqueue(() =>
+      sendMessage({ category: "message", type, attachments: [{ url, name, mimeType, extension }] }, null));
     if (ok) form.elements.url.value = "";
   }
 
@@ -1237,7 +1304,7 @@
       showError("customData must be a non-empty JSON object, like {\"latitude\": 48.85, \"longitude\": 2.35}.");
       return;
     }
-    await sendMessage({ category: "custom", type, customData }, null);
+    await enqueue(() => sendMessage({ category: "custom", type, customData }, null));
   }
 
   // ------------------------------------------------------------------ the composer: Enter, autosize, @ mentions
@@ -1356,6 +1423,7 @@
           S.seen.clear();
           S.version = 0;
           S.stateKey = "";
+          S.stateVersion = 0;
           await loadState();
           continue;
         }
@@ -1519,6 +1587,12 @@
       scroller.addEventListener("scroll", () => {
         scroller.dataset.stick = nearBottom(scroller) ? "true" : "false";
       });
+    }
+    if ("ResizeObserver" in window) {
+      // The list gets shorter when a tray or an error opens: stay at the newest message.
+      const observer = new ResizeObserver((entries) => entries.forEach((entry) => stick(entry.target, false)));
+      observer.observe($("main-scroller"));
+      observer.observe($("thread-scroller"));
     }
     document.addEventListener(
       "load",
