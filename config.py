@@ -57,7 +57,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "REDIS_URL": ("redis_url", str),
     "LOG_LEVEL": ("log_level", str),
     "LOG_FORMAT": ("log_format", str.lower),
-    "PLAYGROUND": ("playground", _bool),
+    "PLAYGROUND": ("playground", str.lower),
 }
 
 

@@ -52,7 +52,8 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit,
 
     @bp.after_request
     def count(response: Response) -> Response:
-        # Rejections (4xx, 503) are counted by status: some never reach the view (413 while reading, 405).
+        # Rejections (4xx, 503) are counted by status: some never reach the view (a 413 while reading the body).
+        # (A 405 is answered by Flask's routing before the blueprint: it is not counted here.)
         metrics.callbacks.labels(g.pop("callback_outcome", None) or f"rejected_{response.status_code}").inc()
         return response
 

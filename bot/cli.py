@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,9 +55,16 @@ def say(text: str, sender: str, group: str | None) -> None:
 
     state = _state()
     bot_uid = state.settings.bot_uid or "bot"
-    with BotTestClient.for_routers(state.router) as client:
+    with BotTestClient.for_routers(state.router, settings=_offline(state.settings)) as client:
         replies = client.send_payload(make_callback(text, sender=sender, group=group, bot=bot_uid))
     _print_replies(replies)
+
+
+def _offline(settings: Settings) -> Settings:
+    """The app's settings (state TTL, loop guard, public URL, ...) for a run that sends nothing and stays apart:
+    a journal of its own, no Redis, no playground."""
+    folder = tempfile.mkdtemp(prefix="bot-cli-")
+    return settings.replace(journal_path=os.path.join(folder, "journal.sqlite3"), redis_url="", playground="off")
 
 
 @bot_cli.command("worker")
@@ -91,15 +100,10 @@ def dead_letters(ctx: click.Context, limit: int) -> None:
 
 
 @dead_letters.command("retry")
-@click.argument("letter_id", type=int)
-def retry_dead_letter(letter_id: int) -> None:
-    """Put a dead reply back in the outbox (embedded mode), after fixing its cause."""
-    from .pipeline import Pipeline
-
-    delivery = _state().delivery
-    if not isinstance(delivery, Pipeline):
-        raise click.UsageError("retry works on the embedded journal; in Redis mode re-run the failed RQ job")
-    if not delivery.journal.requeue_dead_letter(letter_id):
+@click.argument("letter_id")
+def retry_dead_letter(letter_id: str) -> None:
+    """Send a dead reply again, after fixing its cause (the journal's outbox, or an RQ job in Redis mode)."""
+    if not _state().delivery.requeue_dead_letter(letter_id):
         raise click.ClickException(f"no dead reply with id {letter_id}")
     click.echo(f"dead letter {letter_id} queued again")
 
@@ -393,7 +397,7 @@ def chat(sender: str, group: str | None) -> None:
             import readline  # noqa: F401  (line editing and history for input())
     click.echo(f"chatting with the handlers as {sender} ({CHAT_HELP})")
     # One client (one app, one journal) for the session: what a message leaves behind is there for the next.
-    with BotTestClient.for_routers(state.router) as client:
+    with BotTestClient.for_routers(state.router, settings=_offline(state.settings)) as client:
         while True:
             where = f"in {group}" if group else "to the bot"
             try:

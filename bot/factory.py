@@ -89,7 +89,7 @@ def build_app(
         else:
             log.warning(
                 "local mode: no CometChat credentials configured; replies go to the built-in emulator%s",
-                " (chat at /playground)" if settings.playground else "",
+                " (chat at /playground)" if settings.playground != "off" else "",
             )
             emulator = Emulator(bot_uid=settings.bot_uid or "bot")
             sender = LocalSender(emulator=emulator)
@@ -106,9 +106,9 @@ def build_app(
         create_interactions_blueprint(settings, tokens, delivery.sent_log.sent, delivery.submit, metrics)
     )
     app.register_blueprint(create_health_blueprint(delivery, metrics))
-    if emulator is not None and settings.playground:
+    if emulator is not None and settings.playground != "off":
         emulator.relay = _relay_to(app, settings)
-        app.register_blueprint(create_playground_blueprint(emulator))
+        app.register_blueprint(create_playground_blueprint(emulator, local_only=settings.playground == "local"))
     app.register_error_handler(HTTPException, _json_http_error)
     app.cli.add_command(bot_cli)
     delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork

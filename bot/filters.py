@@ -25,6 +25,9 @@ class Filter(Protocol):
     #: Whether the filter may take ``action`` messages (edits, deletes, group events).
     #: The router never offers them to a filter that does not ask.
     accepts_actions: bool
+    #: Whether it may take submissions of the bot's forms and cards (only ``on_submit`` does, unless asked):
+    #: a catch-all ``on_message()`` or an ``on_thread()`` must not swallow them. Absent means False.
+    accepts_submissions: bool
 
     def __call__(self, msg: Message) -> Captures | None: ...
 
@@ -131,9 +134,10 @@ class ActionFilter:
 class PredicateFilter:
     """Any message for which ``predicate(msg)`` is true; a dict result becomes the captures."""
 
-    def __init__(self, predicate: Callable[[Message], Any], *, actions: bool = False) -> None:
+    def __init__(self, predicate: Callable[[Message], Any], *, actions: bool = False, submissions: bool = False):
         self.predicate = predicate
         self.accepts_actions = actions
+        self.accepts_submissions = submissions
 
     def __call__(self, msg: Message) -> Captures | None:
         result = self.predicate(msg)
@@ -178,6 +182,7 @@ class SubmitFilter:
     """Submissions of an interactive message (form, card, scheduler) the bot sent, by its interaction id."""
 
     accepts_actions = False
+    accepts_submissions = True
 
     def __init__(self, *interaction_ids: str) -> None:
         if not interaction_ids:
@@ -208,6 +213,7 @@ class StepFilter:
             raise ValueError("state= takes a step name, several, or '*' for any step")
         self.scope = scope  # the router's state scope, read at match time
         self.accepts_actions = inner.accepts_actions
+        self.accepts_submissions = getattr(inner, "accepts_submissions", False)
 
     def __call__(self, msg: Message) -> Captures | None:
         captures = self.inner(msg)

@@ -448,10 +448,8 @@ class Card(_Interactive):
 
 
 @dataclass(frozen=True)
-class Scheduler(_Interactive):
-    """A scheduler (PLATFORM.md 5.2): ``interactive_data`` as CometChat defines it (title, duration,
-    availability, ...). A missing ``scheduleElement``, or one whose action is missing or an ``apiAction``
-    without url, gets an action back to the bot."""
+class _RawInteractive(_Interactive):
+    """An interactive reply given as CometChat's own ``interactiveData`` (kept as a copy of what was given)."""
 
     id: str
     interactive_data: Mapping[str, Any]
@@ -461,13 +459,23 @@ class Scheduler(_Interactive):
     tags: Sequence[str] = ()
     in_thread: bool | None = None
 
+    def _check_raw(self) -> None:
+        self._check_common()
+        if not isinstance(self.interactive_data, Mapping):
+            raise TypeError(f"{self.type} {self.id!r}: interactive_data must be a mapping")
+        object.__setattr__(self, "interactive_data", copy.deepcopy(dict(self.interactive_data)))
+
+
+@dataclass(frozen=True)
+class Scheduler(_RawInteractive):
+    """A scheduler (PLATFORM.md 5.2): ``interactive_data`` as CometChat defines it (title, duration,
+    availability, ...). A missing ``scheduleElement``, or one whose action is missing or an ``apiAction``
+    without url, gets an action back to the bot."""
+
     type: ClassVar[str] = "scheduler"
 
     def __post_init__(self) -> None:
-        self._check_common()
-        if not isinstance(self.interactive_data, Mapping):
-            raise TypeError(f"scheduler {self.id!r}: interactive_data must be a mapping")
-        object.__setattr__(self, "interactive_data", copy.deepcopy(dict(self.interactive_data)))
+        self._check_raw()
         element = self.interactive_data.get("scheduleElement")
         if element is not None and not isinstance(element, Mapping):
             raise ValueError(f"scheduler {self.id!r}: scheduleElement must be an object")
@@ -502,29 +510,18 @@ class Scheduler(_Interactive):
 
 
 @dataclass(frozen=True)
-class CustomInteractive(_Interactive):
+class CustomInteractive(_RawInteractive):
     """A ``customInteractive`` message: free JSON for an app's own UI, passed through as given.
 
     Its element ids are unknown here, so a goal's ids are not checked; the default goal is ``none``.
     """
 
-    id: str
-    interactive_data: Mapping[str, Any]
-    interaction_goal: InteractionGoal | Mapping[str, Any] | None = None
-    allow_sender_interaction: bool = False
-    metadata: Mapping[str, Any] | None = None
-    tags: Sequence[str] = ()
-    in_thread: bool | None = None
-
     type: ClassVar[str] = "customInteractive"
 
     def __post_init__(self) -> None:
-        self._check_common()
-        if not isinstance(self.interactive_data, Mapping):
-            raise TypeError(f"customInteractive {self.id!r}: interactive_data must be a mapping")
+        self._check_raw()
         if not self.interactive_data:
             raise ValueError(f"customInteractive {self.id!r}: interactive_data is empty")
-        object.__setattr__(self, "interactive_data", copy.deepcopy(dict(self.interactive_data)))
         self._check_goal(None)
 
     def _default_goal(self) -> InteractionGoal:

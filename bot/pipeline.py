@@ -471,6 +471,13 @@ class Pipeline:
         """Replies (and messages) that failed for good, newest first: what ``flask bot dead-letters`` lists."""
         return self.journal.dead_letters(limit)
 
+    def requeue_dead_letter(self, letter_id: str) -> bool:
+        """Put a dead reply back in the outbox (after fixing its cause); True if it existed."""
+        try:
+            return self.journal.requeue_dead_letter(int(letter_id))
+        except ValueError:
+            return False
+
     def _log_stats(self) -> None:
         depth = self.journal.depth()
         stats = self.stats.snapshot()

@@ -10,11 +10,13 @@ the real sender into the emulator, from where the page picks them up
 (long polling). Forms and cards the bot sends are submitted by the page to
 the real interaction endpoint, as CometChat's UI kit does.
 
-The playground is never registered when CometChat credentials are set.
+The playground is never registered when CometChat credentials are set, and
+by default answers only clients on this machine (``PLAYGROUND=local``).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import mimetypes
 import os
 import re
@@ -40,10 +42,21 @@ class PlaygroundError(CallbackError):
     code = "bad_request"
 
 
-def create_playground_blueprint(emulator: Emulator) -> Blueprint:
-    """The page and its API; ``emulator.relay`` must already post callbacks to the app."""
+def create_playground_blueprint(emulator: Emulator, *, local_only: bool = True) -> Blueprint:
+    """The page and its API; ``emulator.relay`` must already post callbacks to the app.
+
+    ``local_only``: answer only clients on this machine (loopback addresses): a local-mode app that ends up
+    reachable from elsewhere does not hand its handlers to anyone who finds it (``PLAYGROUND=all`` opens it).
+    """
     bp = Blueprint("playground", __name__, static_folder=str(STATIC), static_url_path="/playground/static")
     uploads = Path(tempfile.mkdtemp(prefix="bot-playground-"))
+
+    @bp.before_request
+    def only_here() -> tuple[Response, int] | None:
+        if local_only and not _loopback(request.remote_addr):
+            message = "the playground answers only on this machine; set PLAYGROUND=all to open it to others"
+            return jsonify(error={"code": "forbidden", "message": message}), 403
+        return None
 
     @bp.errorhandler(ApiError)
     def api_error(error: ApiError) -> tuple[Response, int]:
@@ -163,6 +176,13 @@ def create_playground_blueprint(emulator: Emulator) -> Blueprint:
         return response
 
     return bp
+
+
+def _loopback(address: str | None) -> bool:
+    try:
+        return ipaddress.ip_address(address or "").is_loopback
+    except ValueError:
+        return False
 
 
 def _json_body() -> dict[str, Any]:

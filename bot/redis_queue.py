@@ -35,6 +35,7 @@ import json
 import logging
 import re
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -237,11 +238,13 @@ class RedisDelivery:
             request.message_id, request.conversation_id, request.muid, attempts, error,
         )  # fmt: skip
         letter = {
+            "id": uuid.uuid4().hex[:12],
             "kind": "reply",
             "conversation": request.conversation_id,
             "message_id": request.message_id,
             "path": request.path,
             "body": request.body,
+            "meta": request.meta(),
             "error_code": error.code,
             "error": str(error),
             "attempts": attempts,
@@ -263,6 +266,23 @@ class RedisDelivery:
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(item) for item in self.redis.lrange(f"{PREFIX}:dead-letters", 0, limit - 1)]
+
+    def requeue_dead_letter(self, letter_id: str) -> bool:
+        """Send a dead reply again (after fixing its cause) from an RQ job; True if it existed."""
+        key = f"{PREFIX}:dead-letters"
+        for raw in self.redis.lrange(key, 0, -1):
+            letter = json.loads(raw)
+            if letter.get("id") != letter_id:
+                continue
+            if not self.redis.lrem(key, 1, raw):
+                return False  # another process took it meanwhile
+            request = SendRequest.restore(
+                letter["path"], letter["body"], letter.get("meta"), message_id=letter["message_id"],
+                conversation_id=letter["conversation"],
+            )  # fmt: skip
+            self.queue.enqueue(send_again, request.to_json(), job_timeout=JOB_TIMEOUT, result_ttl=CHAIN_TTL)
+            return True
+        return False
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until no job is queued, running or waiting (True), or ``timeout`` passes (False)."""
@@ -289,9 +309,20 @@ _current: RedisDelivery | None = None
 
 def process_message(body: bytes) -> str:
     """The RQ job: handle one callback with the worker's app."""
+    return _worker_delivery().process(body)
+
+
+def send_again(request: str) -> str:
+    """The RQ job of a dead letter sent again: one request, retried as any reply (a dead letter again if it fails)."""
+    sent = SendRequest.from_json(request)
+    _worker_delivery().deliver(sent)
+    return sent.describe()
+
+
+def _worker_delivery() -> RedisDelivery:
     if _current is None:
         raise RuntimeError("no bot app in this worker: start workers with `flask --app app bot worker`")
-    return _current.process(body)
+    return _current
 
 
 def job_id_for(message_id: str, bot: str) -> str:

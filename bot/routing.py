@@ -239,10 +239,17 @@ class Router:
         return self._decorator(SubmitFilter(*interaction_ids), state)
 
     def on_message(
-        self, predicate: Callable[[Message], Any] | None = None, *, actions: bool = False, state: Steps = None
+        self,
+        predicate: Callable[[Message], Any] | None = None,
+        *,
+        actions: bool = False,
+        submissions: bool = False,
+        state: Steps = None,
     ) -> Callable[[F], F]:
-        """Messages for which ``predicate(msg)`` is true (every message when omitted)."""
-        return self._decorator(PredicateFilter(predicate or (lambda msg: True), actions=actions), state)
+        """Messages for which ``predicate(msg)`` is true (every message when omitted); action messages and form
+        submissions only when asked (``actions=True``, ``submissions=True``)."""
+        filter = PredicateFilter(predicate or (lambda msg: True), actions=actions, submissions=submissions)
+        return self._decorator(filter, state)
 
     def fallback(self, handler: F) -> F:
         """Decorator: the handler for text messages that no route matched."""
@@ -291,6 +298,8 @@ class Router:
         if group_policy_admits(policy, msg):
             for route in getattr(self, table):
                 if msg.is_action and not route.filter.accepts_actions:
+                    continue
+                if msg.submission is not None and not getattr(route.filter, "accepts_submissions", False):
                     continue
                 captures = route.filter(msg)
                 if captures is not None:

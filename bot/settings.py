@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from .errors import ConfigError
 
 REGIONS = ("us", "eu", "in")
+PLAYGROUND_MODES = ("local", "all", "off")
 
 
 @dataclass(frozen=True)
@@ -61,7 +62,7 @@ class Settings:
 
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
-    playground: bool = True  # local mode only: the emulator's chat page at /playground
+    playground: str = "local"  # local mode only: the playground for "local" clients (loopback), "all", or "off"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "region", self.region.strip().lower())
@@ -104,6 +105,12 @@ class Settings:
             problems.append("HANDLER_THREADS and SENDER_THREADS must be at least 1")
         if self.dedup_ttl < 0:
             problems.append("DEDUP_TTL must not be negative")
+        if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+            problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {self.log_level!r})")
+        if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
+            problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.playground not in PLAYGROUND_MODES:
+            problems.append(f"PLAYGROUND must be local, all or off (got {self.playground!r})")
         if self.log_format not in ("text", "json"):
             problems.append(f"LOG_FORMAT must be text or json (got {self.log_format!r})")
         if self.journal_sync.lower() not in ("normal", "full"):

@@ -84,13 +84,9 @@ def test_human_size(size, shown):
 def test_every_example_module_is_discovered():
     [root] = discover_routers("bots")  # the package's own router, the parent of every module's
     assert root.name == "bots"
-    assert [child.name for child in root.children] == [
-        "bots.booking",
-        "bots.group",
-        "bots.help",
-        "bots.media",
-        "bots.weather",
-    ]
+    examples = ["bots.booking", "bots.group", "bots.help", "bots.media", "bots.weather"]
+    # In name order (modules of yours may sit between them).
+    assert [child.name for child in root.children if child.name in examples] == examples
     assert group.bot.routes and help.bot.fallbacks
 
 

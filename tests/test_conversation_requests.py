@@ -7,17 +7,12 @@ edit or delete can be checked to go to the right message. Paths are compared as 
 
 from __future__ import annotations
 
-import itertools
 import json
-import re
-import threading
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
 from flask import Flask
 from pytest_httpserver import HTTPServer
-from werkzeug import Request, Response
 
 import config
 from bot import Router, Text
@@ -25,75 +20,16 @@ from bot.factory import bot_app, build_app
 from bot.interactive import Form, TextInput
 from bot.testing import make_callback
 from tests.conftest import API_KEY, BOT_UID
+from tests.fakes import Call, NumberingCometChat
 
 CALLBACK = "/cometchat/callback"
 BOT_PATH = f"/v3/bots/{BOT_UID}/messages"
 REPLY_KEYS = {"receiver", "receiverType", "category", "type", "data", "muid"}
 
 
-@dataclass(frozen=True)
-class Call:
-    method: str
-    path: str  # as sent (percent-encoding kept)
-    headers: dict[str, str]  # by lower-case name
-    raw: bytes
-    status: int
-    answer_id: str | None
-
-    @property
-    def body(self) -> Any:
-        return json.loads(self.raw) if self.raw else None
-
-    @property
-    def text(self) -> str | None:
-        body = self.body
-        return body["data"].get("text") if isinstance(body, dict) and "data" in body else None
-
-
-class FakeCometChat:
-    """Answers every ``/v3/...`` request with success and a new message id; ``refuse`` answers chosen texts with
-    an error instead (as CometChat refuses a reply to a group the bot is not in)."""
-
-    def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self._ids = itertools.count(9100)
-        self._lock = threading.Lock()
-        self.refuse: dict[str, tuple[int, dict]] = {}  # text -> (status, error body)
-        server.expect_request(re.compile(r"^/v3/")).respond_with_handler(self._answer)
-
-    def _answer(self, request: Request) -> Response:
-        body = request.get_json(silent=True)
-        text = body.get("data", {}).get("text") if isinstance(body, dict) else None
-        if text in self.refuse:
-            status, error = self.refuse[text]
-            return Response(json.dumps(error), status=status, content_type="application/json")
-        with self._lock:
-            message_id = str(next(self._ids))
-        data = {**body, "id": message_id} if isinstance(body, dict) else {"id": message_id}
-        return Response(json.dumps({"data": data}), content_type="application/json")
-
-    def calls(self, app: Flask) -> list[Call]:
-        assert bot_app(app).wait_idle(5), "the bot did not finish in time"
-        calls = []
-        for request, response in self.server.log:
-            answer = json.loads(response.get_data() or b"null")
-            data = answer.get("data") if isinstance(answer, dict) else None
-            calls.append(
-                Call(
-                    request.method,
-                    request.environ.get("RAW_URI", request.path).split("?")[0],
-                    {name.lower(): value for name, value in request.headers.items()},
-                    request.get_data(),
-                    response.status_code,
-                    data.get("id") if isinstance(data, dict) else None,
-                )
-            )
-        return calls
-
-
 @pytest.fixture
-def cometchat(httpserver: HTTPServer) -> FakeCometChat:
-    return FakeCometChat(httpserver)
+def cometchat(httpserver: HTTPServer) -> NumberingCometChat:
+    return NumberingCometChat(httpserver)
 
 
 # ------------------------------------------------------------------ the bot under test

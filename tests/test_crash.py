@@ -25,6 +25,7 @@ from conftest import API_KEY, BOT_UID, PASSWORD, USERNAME
 from bot.testing import make_callback
 from bots.weather import forecast
 from tests.fakes import GatedCometChat
+from tests.helpers import wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.slow
@@ -104,16 +105,13 @@ def conversation_messages(n_users: int, per_user: int) -> list[tuple[str, dict, 
     return out
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
+def test_kill_9_loses_nothing_and_keeps_each_conversations_order(fake, env, tmp_path):
+    """Every accepted message is answered after a kill -9 of master and workers and a restart, in order.
 
-
-def test_kill_9_loses_nothing_and_sends_nothing_twice(fake, env, tmp_path):
+    (The gated fake refuses what was in flight when the processes died, so the replies it counts once are
+    those sent after the restart: a reply CometChat accepted just before the kill may go out twice, with the
+    same muid; benchmarks/crash.py counts those.)
+    """
     messages = conversation_messages(n_users=4, per_user=5)
     log = tmp_path / "gunicorn.log"
     first = Gunicorn(env, log)
@@ -130,7 +128,7 @@ def test_kill_9_loses_nothing_and_sends_nothing_twice(fake, env, tmp_path):
     finally:
         second.terminate()
     texts = fake.texts()
-    assert sorted(texts) == sorted(expected for _, _, expected in messages)  # every one, none twice
+    assert sorted(texts) == sorted(expected for _, _, expected in messages)  # every one
     for u in range(4):  # and each conversation in its order
         mine = [t for t in texts if f"City{u}x" in t]
         assert mine == [expected for user, _, expected in messages if user == f"user{u}"]

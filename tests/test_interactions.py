@@ -11,15 +11,10 @@ from __future__ import annotations
 import base64
 import copy
 import hashlib
-import itertools
 import json
 import logging
-import re
-import shutil
-import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,8 +24,7 @@ from flask import Flask
 from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 from prometheus_client.parser import text_string_to_metric_families
 from pytest_httpserver import HTTPServer
-from redis import Redis, RedisError
-from werkzeug import Request, Response
+from redis import Redis
 
 import config
 from bot import Router
@@ -40,6 +34,8 @@ from bot.interactive import Button, Card, Checkbox, Dropdown, Form, SingleSelect
 from bot.redis_queue import job_for
 from bot.testing import BotTestClient, make_callback
 from tests.conftest import API_KEY, BOT_UID, PASSWORD
+from tests.fakes import Call, NumberingCometChat
+from tests.helpers import wait_for
 
 DATA = Path(__file__).parent / "data"
 KIT_SAMPLE = json.loads((DATA / "ui_kit_interaction_request.json").read_text())
@@ -55,59 +51,9 @@ KIT_VALUES = KIT_SAMPLE["data"]["formData"]
 # ------------------------------------------------------------------ the fake CometChat API
 
 
-@dataclass(frozen=True)
-class Call:
-    """One request that reached the fake CometChat API, and the id its answer gave (None if no message)."""
-
-    method: str
-    path: str  # as sent on the wire (percent-encoding kept)
-    headers: dict[str, str]  # by lower-case name
-    raw: bytes
-    body: Any
-    status: int
-    answer_id: str | None
-
-
-class FakeCometChat:
-    """Answers every ``/v3/...`` request like CometChat: a created (or edited) message comes back with a new id."""
-
-    def __init__(self, server: HTTPServer) -> None:
-        self.server = server
-        self._ids = itertools.count(9100)
-        self._lock = threading.Lock()
-        server.expect_request(re.compile(r"^/v3/")).respond_with_handler(self._answer)
-
-    def _answer(self, request: Request) -> Response:
-        body = request.get_json(silent=True)
-        with self._lock:
-            message_id = str(next(self._ids))
-        data = {**body, "id": message_id} if isinstance(body, dict) else {"id": message_id}
-        return Response(json.dumps({"data": data}), content_type="application/json")
-
-    def calls(self, app: Flask) -> list[Call]:
-        """Every request so far, in the order they arrived, once the app has nothing left to do."""
-        assert bot_app(app).wait_idle(5), "the bot did not finish in time"
-        calls = []
-        for request, response in self.server.log:
-            answer = json.loads(response.get_data() or b"null")
-            data = answer.get("data") if isinstance(answer, dict) else None
-            calls.append(
-                Call(
-                    request.method,
-                    request.environ.get("RAW_URI", request.path).split("?")[0],
-                    {name.lower(): value for name, value in request.headers.items()},
-                    request.get_data(),
-                    request.get_json(silent=True),
-                    response.status_code,
-                    data.get("id") if isinstance(data, dict) else None,
-                )
-            )
-        return calls
-
-
 @pytest.fixture
-def cometchat(httpserver: HTTPServer) -> FakeCometChat:
-    return FakeCometChat(httpserver)
+def cometchat(httpserver: HTTPServer) -> NumberingCometChat:
+    return NumberingCometChat(httpserver)
 
 
 # ------------------------------------------------------------------ the bot under test
@@ -231,7 +177,7 @@ class SentInteractive:
         return self.action(element)["payload"]["token"]
 
 
-def interactive_messages(cometchat: FakeCometChat, app: Flask) -> list[SentInteractive]:
+def interactive_messages(cometchat: NumberingCometChat, app: Flask) -> list[SentInteractive]:
     return [SentInteractive(c) for c in cometchat.calls(app) if (c.body or {}).get("category") == "interactive"]
 
 
@@ -868,16 +814,6 @@ def test_a_submission_waits_for_an_earlier_slow_message_of_its_conversation(sett
     assert [c.body["receiver"] for c in calls] == ["alice", "alice", "ops-room", "ops-room", "alice", "alice"]
 
 
-def wait_for(predicate, timeout: float) -> bool:
-    """Poll ``predicate`` until it holds or ``timeout`` passes (a bounded wait for work on other threads)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 # ------------------------------------------------------------------ local mode and the testing helpers
 
 
@@ -896,33 +832,6 @@ def test_local_mode_buttons_point_at_the_bare_path_and_bot_test_client_submits(s
 
 
 # ------------------------------------------------------------------ Redis + RQ mode
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """A private redis-server on a unix socket (as tests/test_redis_queue.py runs it)."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
-    folder = tmp_path_factory.mktemp("redis")
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    try:
-        assert wait_for(lambda: sock.exists() and _pings(url), 10), "redis-server did not start"
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url).ping())
-    except RedisError:
-        return False
 
 
 @pytest.mark.redis

@@ -165,7 +165,7 @@ def test_updates_wait_for_a_change_and_no_longer(http):
 @pytest.mark.parametrize(
     "settings",
     [
-        {"PLAYGROUND": "false"},
+        {"PLAYGROUND": "off"},
         {
             "COMETCHAT_APP_ID": "a",
             "COMETCHAT_REGION": "eu",
@@ -220,3 +220,14 @@ def test_users_and_groups_are_named_as_cometchat_names_them(http, path, body, st
 def test_mentions_of_unknown_uids_create_no_users(http):
     say(http, "hi <@uid:ghost> and <@uid:bob>")
     assert "ghost" not in {u["uid"] for u in http.get("/playground/api/state").get_json()["users"]}
+
+
+def test_by_default_the_playground_answers_only_on_this_machine(tmp_path):
+    app = app_module.create_app({"JOURNAL_PATH": str(tmp_path / "j.sqlite3")})
+    http = app.test_client()
+    away = {"REMOTE_ADDR": "203.0.113.7"}
+    refused = http.get("/playground/api/state", environ_overrides=away)
+    assert refused.status_code == 403 and "PLAYGROUND=all" in refused.get_json()["error"]["message"]
+    assert http.get("/playground", environ_overrides={"REMOTE_ADDR": "::1"}).status_code == 200
+    opened = app_module.create_app({"JOURNAL_PATH": str(tmp_path / "k.sqlite3"), "PLAYGROUND": "all"})
+    assert opened.test_client().get("/playground/api/state", environ_overrides=away).status_code == 200

@@ -42,7 +42,9 @@ def resolved(router: Router, msg: Message) -> str | None:
     return resolution.route.handler.__name__ if resolution else None
 
 
-def submission(*, group: str | None = None, user: str = "bob", interaction: str = "survey") -> Message:
+def submission(
+    *, group: str | None = None, user: str = "bob", interaction: str = "survey", thread: str = ""
+) -> Message:
     """The message of a verified submission (what the interaction endpoint journals), 1:1 or in a group."""
     claims = Claims(
         bot=BOT,
@@ -53,6 +55,7 @@ def submission(*, group: str | None = None, user: str = "bob", interaction: str 
         receiver=group or user,
         receiver_type="group" if group else "user",
         user="" if group else user,
+        parent_id=thread,
     )
     event = {
         "trigger": INTERACTION_TRIGGER, "claims": claims.to_token(), "user": user, "element_id": "submit",
@@ -259,7 +262,7 @@ def catch_all(**router_options: Any) -> Router:
     """A router whose handlers take every message, actions and submissions included."""
     router = Router(**router_options)
 
-    @router.on_message(actions=True)
+    @router.on_message(actions=True, submissions=True)
     def handler(msg):
         return "answered"
 
@@ -690,3 +693,23 @@ def test_limits_show_what_included_routers_inherit():
         "team": "team; groups: mentioned (inherited); only staff",
         "loud": "loud; only staff, <lambda>; state per user",
     }
+
+
+def test_catch_alls_and_thread_routes_do_not_swallow_form_submissions():
+    """A submission of a form posted in a thread has a parent id; only on_submit (or a route asking for
+    submissions) takes it, wherever it is registered."""
+    router = Router()
+
+    @router.on_thread()
+    def thread(msg): ...
+
+    @router.on_message()
+    def anything(msg): ...
+
+    @router.on_submit("survey")
+    def survey(msg): ...
+
+    in_thread = submission(thread="77")
+    assert in_thread.parent_id == "77"
+    assert resolved(router, in_thread) == "survey"
+    assert resolved(router, make_message("in thread", parent_id="77")) == "thread"

@@ -47,6 +47,14 @@ def test_local_mode_without_credentials():
         ({"HANDLER_THREADS": "0"}, "HANDLER_THREADS"),
         ({"HANDLER_THREADS": "many"}, "HANDLER_THREADS"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
+        ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
+        ({"PUBLIC_URL": "bots.example.org"}, "PUBLIC_URL"),
+        ({"INTERACTIONS_PATH": "/cometchat/callback"}, "INTERACTIONS_PATH"),
+        ({"STATE_TTL": "0"}, "STATE_TTL"),
+        ({"BOT_LOOP_LIMIT": "-1"}, "BOT_LOOP_LIMIT"),
+        ({"PLAYGROUND": "maybe"}, "PLAYGROUND"),
     ],
 )
 def test_bad_settings_name_the_variable(overrides, named):

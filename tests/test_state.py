@@ -8,8 +8,6 @@ end with an in-process RQ worker in burst mode.
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,53 +39,13 @@ from bot.state import (
 )
 from bot.testing import BotTestClient, make_callback, make_message
 from bots import booking
+from tests.helpers import wait_for
 
 TTL = 60.0
 KEY = "bot\x1fconversation"
 
 
 # ------------------------------------------------------------------ a real redis-server (as tests/test_redis_queue.py)
-
-
-@pytest.fixture(scope="module")
-def redis_server(tmp_path_factory) -> Iterator[str]:
-    """A private redis-server on a unix socket (no TCP port), stopped after the module."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
-    folder = tmp_path_factory.mktemp("redis")
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            if Redis.from_url(url).ping():
-                break
-        except Exception:
-            if time.monotonic() > deadline or proc.poll() is not None:
-                raise
-            time.sleep(0.02)
-    yield url
-    proc.terminate()
-    proc.wait(10)
-
-
-@pytest.fixture
-def redis_url(redis_server) -> str:
-    Redis.from_url(redis_server).flushall()
-    return redis_server
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 2.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.002)
-    return True
 
 
 # ------------------------------------------------------------------ the stores, side by side
