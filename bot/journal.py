@@ -57,7 +57,9 @@ CREATE TABLE IF NOT EXISTS inbox (
     body         BLOB    NOT NULL,  -- the callback as received, re-parsed when another process handles it
     owner        TEXT,              -- NULL: waiting; else the process handling it
     attempts     INTEGER NOT NULL DEFAULT 0,
-    accepted_at  REAL    NOT NULL
+    accepted_at  REAL    NOT NULL,
+    dedup_key    TEXT,              -- the message's key in ``seen``, remembered ...
+    dedup_until  REAL               -- ... until then (see the trigger inbox_dedup)
 );
 CREATE INDEX IF NOT EXISTS inbox_lane ON inbox (conversation, seq);
 
@@ -110,6 +112,25 @@ CREATE TABLE IF NOT EXISTS state (
     version      INTEGER NOT NULL,
     expires_at   REAL    NOT NULL
 ) WITHOUT ROWID;
+
+-- Accepting a message and finishing one are single statements (each its own transaction: the fewest round trips
+-- and lock operations on the hot path); these triggers do the rest of the work inside them.
+-- A message whose key was seen within the dedup window is not inserted (a redelivery); otherwise its key is
+-- remembered.
+CREATE TRIGGER IF NOT EXISTS inbox_dedup BEFORE INSERT ON inbox WHEN NEW.dedup_key IS NOT NULL
+BEGIN
+    SELECT RAISE(IGNORE) WHERE EXISTS
+        (SELECT 1 FROM seen WHERE key = NEW.dedup_key AND expires_at >= NEW.accepted_at);
+    INSERT INTO seen (key, expires_at) VALUES (NEW.dedup_key, NEW.dedup_until)
+        ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at;
+END;
+
+-- A handled message leaves the inbox and its process takes the next message of the conversation, if one waits.
+CREATE TRIGGER IF NOT EXISTS inbox_next AFTER DELETE ON inbox WHEN OLD.owner IS NOT NULL
+BEGIN
+    UPDATE inbox SET owner = OLD.owner, attempts = attempts + 1
+     WHERE seq = (SELECT min(seq) FROM inbox WHERE conversation = OLD.conversation) AND owner IS NULL;
+END;
 
 CREATE TABLE IF NOT EXISTS rate_bucket (
     name       TEXT PRIMARY KEY,
@@ -201,11 +222,17 @@ def _meta_json(request: SendRequest) -> str | None:
 
 
 def _migrate(con: sqlite3.Connection) -> None:
-    """Bring a journal written by an earlier version up to this schema (columns added since)."""
-    for table in ("outbox", "dead_letters"):
+    """Bring a journal written by an earlier version up to this schema (columns added since; tables that do not
+    exist yet are made by the schema)."""
+    for table, column, kind in (
+        ("outbox", "meta", "TEXT"),
+        ("dead_letters", "meta", "TEXT"),
+        ("inbox", "dedup_key", "TEXT"),
+        ("inbox", "dedup_until", "REAL"),
+    ):
         columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
-        if "meta" not in columns:
-            con.execute(f"ALTER TABLE {table} ADD COLUMN meta TEXT")
+        if columns and column not in columns:
+            con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
 
 
 def process_owner() -> str:
@@ -261,8 +288,8 @@ class Journal:
             Path(self.path).parent.mkdir(parents=True, exist_ok=True)
         con = self._connection()
         with self._write_lock:
+            self._retrying(lambda: _migrate(con))  # an older journal's tables get their new columns first
             self._retrying(lambda: con.executescript(SCHEMA))
-            self._retrying(lambda: _migrate(con))
 
     # ------------------------------------------------------------ connections
 
@@ -294,6 +321,12 @@ class Journal:
                 con.execute("ROLLBACK")
                 raise
             self._retrying(lambda: con.execute("COMMIT"))
+
+    def _statement(self, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
+        """One write statement as its own transaction (autocommit), all its rows read (which ends it)."""
+        con = self._connection()
+        with self._write_lock:
+            return self._retrying(lambda: con.execute(sql, args).fetchall())
 
     def _read(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         con = self._connection()
@@ -344,20 +377,21 @@ class Journal:
         will pick the row up.
         """
         now = time.time()
-        with self._write() as con:
-            if not self._first_sighting(con, f"m\x1f{bot}\x1f{message_id}", now, dedup_ttl):
-                return False
-            owner = self.owner if claim else None
-            row = con.execute(
-                "INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at) "
-                "SELECT ?1, ?2, ?3, lane_free.ok, lane_free.ok IS NOT NULL, ?5 FROM "
-                "(SELECT CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE conversation = ?1) THEN NULL ELSE ?4 END AS ok)"
-                " AS lane_free RETURNING seq, owner",
-                (conversation, message_id, body, owner, now),
-            ).fetchone()
-        if row[1] is None:
+        ttl = self.dedup_ttl if dedup_ttl is None else dedup_ttl
+        owner = self.owner if claim else None
+        rows = self._statement(
+            "INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at, dedup_key, dedup_until)"
+            " SELECT ?1, ?2, ?3, lane_free.ok, lane_free.ok IS NOT NULL, ?5, ?6, ?7 FROM"
+            " (SELECT CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE conversation = ?1) THEN NULL ELSE ?4 END AS ok)"
+            " AS lane_free RETURNING seq, owner",
+            (conversation, message_id, body, owner, now, f"m\x1f{bot}\x1f{message_id}", now + ttl),
+        )
+        if not rows:
+            return False  # the trigger inbox_dedup found it within the dedup window
+        seq, claimed_by = rows[0]
+        if claimed_by is None:
             return True
-        return InboxItem(row[0], conversation, message_id, body, 1, now)
+        return InboxItem(seq, conversation, message_id, body, 1, now)
 
     def claim_inbox(self, limit: int) -> list[InboxItem]:
         """Claim up to ``limit`` waiting messages that head their lane, oldest first."""
@@ -375,16 +409,20 @@ class Journal:
         return sorted((InboxItem(*row) for row in rows), key=lambda item: item.seq)
 
     def finish_inbox(self, item: InboxItem) -> InboxItem | None:
-        """Drop a handled message and claim the next one of its conversation, if one waits."""
-        with self._write() as con:
-            con.execute("DELETE FROM inbox WHERE seq = ?", (item.seq,))
-            row = con.execute(
-                "UPDATE inbox SET owner = ?1, attempts = attempts + 1 WHERE seq = "
-                " (SELECT min(seq) FROM inbox WHERE conversation = ?2) AND owner IS NULL "
-                "RETURNING seq, conversation, message_id, body, attempts, accepted_at",
-                (self.owner, item.conversation),
-            ).fetchone()
-        return InboxItem(*row) if row else None
+        """Drop a handled message and claim the next one of its conversation, if one waits (trigger inbox_next)."""
+        con = self._connection()
+        with self._write_lock:
+            before = con.total_changes  # counts the trigger's claim too
+            self._retrying(lambda: con.execute("DELETE FROM inbox WHERE seq = ?", (item.seq,)))
+            claimed_next = con.total_changes - before > 1
+        if not claimed_next:
+            return None
+        rows = self._read(
+            "SELECT seq, conversation, message_id, body, attempts, accepted_at FROM inbox"
+            " WHERE conversation = ? AND owner = ? ORDER BY seq LIMIT 1",
+            (item.conversation, self.owner),
+        )
+        return InboxItem(*rows[0]) if rows else None
 
     def dead_letter_message(self, item: InboxItem, error: str) -> InboxItem | None:
         """Give up on a message whose handler kept killing its process; claims the lane's next message."""

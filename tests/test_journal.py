@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import subprocess
 import sys
 import time
@@ -246,3 +247,33 @@ def test_rate_limit_paces_claims(tmp_path):
 def test_synchronous_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="JOURNAL_SYNC"):
         Journal(tmp_path / "j.sqlite3", synchronous="sometimes")
+
+
+#: The tables as the first released version wrote them (before request meta and the dedup columns).
+FIRST_SCHEMA = """
+CREATE TABLE inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL, message_id TEXT NOT NULL,
+    body BLOB NOT NULL, owner TEXT, attempts INTEGER NOT NULL DEFAULT 0, accepted_at REAL NOT NULL);
+CREATE TABLE outbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, conversation TEXT NOT NULL, message_id TEXT NOT NULL,
+    path TEXT NOT NULL, body TEXT NOT NULL, owner TEXT, attempts INTEGER NOT NULL DEFAULT 0,
+    not_before REAL NOT NULL DEFAULT 0, accepted_at REAL NOT NULL);
+CREATE TABLE dead_letters (id INTEGER PRIMARY KEY AUTOINCREMENT, kind TEXT NOT NULL, conversation TEXT NOT NULL,
+    message_id TEXT NOT NULL, path TEXT, body TEXT NOT NULL, error_code TEXT NOT NULL, error TEXT NOT NULL,
+    attempts INTEGER NOT NULL, failed_at REAL NOT NULL);
+INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at)
+    VALUES ('c1', 'old', x'7b7d', NULL, 0, 1);
+"""
+
+
+def test_a_journal_of_the_first_version_is_brought_up_to_date(tmp_path):
+    path = tmp_path / "old.sqlite3"
+    con = sqlite3.connect(path)
+    con.executescript(FIRST_SCHEMA)
+    con.close()
+    journal = Journal(path)
+    [waiting] = journal.claim_inbox(10)  # what the old version accepted is still there
+    assert waiting.message_id == "old"
+    assert accept(journal, "new") is True  # queued behind it: same conversation
+    assert accept(journal, "new") is False  # and deduplicated
+    assert journal.finish_inbox(waiting).message_id == "new"  # the lane goes on
+    journal.add_reply(reply("new"), accepted_at=time.time(), claim=False)
+    assert journal.claim_replies(1)[0].request.body["muid"] == "new-0"

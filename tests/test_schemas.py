@@ -6,10 +6,11 @@ import json
 from datetime import datetime
 
 import pytest
+from marshmallow import ValidationError
 
 from bot.errors import CallbackError, InvalidCallback
 from bot.message import Message
-from bot.schemas import parse_callback
+from bot.schemas import ENVELOPE, MESSAGE, _fast_envelope, _fast_message, parse_callback
 from tests.conftest import BOT_UID, INVALID_PAYLOADS, PAYLOADS
 
 
@@ -127,3 +128,56 @@ def test_a_missing_conversation_id_is_derived(change, expected, payload):
     del body["data"]["conversationId"]
     body["data"].update(change)
     assert parse_callback(body, bot_uid=BOT_UID).message.conversation_id == expected
+
+
+# ------------------------------------------------------------------ the fast path agrees with the schemas
+
+#: Odd values tried in place of every field (and every field of ``data``), besides leaving it out.
+ODD_VALUES = [None, 0, 7, -3, 1.5, True, "", "  ", " Alice ", "USER", "Group", "123", [], {}, {"uid": "x"}, 1e12]
+
+
+def variations(raw: dict):
+    """The message, and the message with each field (and each field of its data) left out or made odd."""
+    yield raw
+    for key in raw:
+        yield {k: v for k, v in raw.items() if k != key}
+        for odd in ODD_VALUES:
+            yield {**raw, key: odd}
+    data = raw.get("data")
+    if isinstance(data, dict):
+        for key in [*data, "attachments", "customData", "custom_data", "mentions"]:
+            yield {**raw, "data": {k: v for k, v in data.items() if k != key}}
+            for odd in ODD_VALUES:
+                yield {**raw, "data": {**data, key: odd}}
+
+
+def schema_load(schema, raw):
+    try:
+        return schema.load(raw)
+    except ValidationError:
+        return "invalid"
+
+
+@pytest.mark.parametrize("path", PAYLOADS + INVALID_PAYLOADS, ids=lambda p: p.stem)
+def test_the_fast_path_loads_exactly_what_the_schemas_load_or_leaves_it_to_them(path):
+    try:
+        body = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        return  # not JSON: never reaches the schemas
+    if not isinstance(body, dict):
+        return
+    fast_taken = 0
+    for envelope in variations(body):
+        fast = _fast_envelope(envelope)
+        assert fast is None or fast == ENVELOPE.load(envelope)
+    message = body.get("data", {})
+    message = message.get("message", message) if isinstance(message, dict) else message
+    if not isinstance(message, dict):
+        return
+    for raw in variations(message):
+        fast = _fast_message(raw)
+        if fast is not None:
+            fast_taken += 1
+            assert fast == schema_load(MESSAGE, raw), raw
+    if path.stem in {"text_user", "text_group", "slash_command", "unicode_and_html"}:
+        assert fast_taken > 10  # the plain text samples do take the fast path
