@@ -73,7 +73,7 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit,
         if status == "duplicate":
             log.info("message %s in %s: delivered again; already accepted", cb.message.id, cb.message.conversation_id)
         g.callback_outcome = status
-        return jsonify(status=status, message_id=cb.message.id)
+        return _answer({"status": status, "message_id": cb.message.id})
 
     return bp
 
@@ -126,6 +126,11 @@ def create_interactions_blueprint(
         return jsonify(status="accepted", submission=msg.id)
 
     return bp
+
+
+def _answer(payload: dict[str, str]) -> Response:
+    """A small JSON answer, built directly (``jsonify`` does more than this needs, on every callback)."""
+    return Response(json.dumps(payload, separators=(",", ":")), mimetype="application/json")
 
 
 def _answer_errors_as_json(bp: Blueprint, what: str) -> None:
