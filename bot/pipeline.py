@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 #: A message whose handler was claimed this often without finishing (its process died each time) is dead-lettered.
 MAX_HANDLER_ATTEMPTS = 3
+#: A handler running longer than this (seconds) is named in a warning with the periodic stats.
+SLOW_HANDLER = 60.0
 
 
 @dataclass(frozen=True)
@@ -103,6 +105,7 @@ class Pipeline:
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._current = threading.local()  # the _Handling of the message a handler thread is working on
+        self._running: set[_Handling] = set()  # every message a handler runs now (for the slow-handler warning)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -244,11 +247,14 @@ class Pipeline:
         if msg is not None:
             # A re-run (after a crash) sends nothing inline: its replies go through the outbox, whose muid
             # check skips those the first run had queued.
-            self._current.handling = _Handling(item, inline=None if item.attempts == 1 else False)
+            handling = _Handling(item, inline=None if item.attempts == 1 else False, started=time.monotonic())
+            self._current.handling = handling
+            self._running.add(handling)
             try:
                 outcome = self.dispatcher.handle(msg, self.deliver)
             finally:
                 self._current.handling = None
+                self._running.discard(handling)
             self.stats.count(outcome.status)
             self.metrics.handled(outcome)
         return self.journal.finish_inbox(item)
@@ -479,6 +485,14 @@ class Pipeline:
             return False
 
     def _log_stats(self) -> None:
+        now = time.monotonic()
+        for handling in list(self._running):
+            if now - handling.started > SLOW_HANDLER:
+                # Handlers have no time limit (a thread cannot be stopped): say which one holds its conversation.
+                log.warning(
+                    "message %s in %s: its handler has been running for %.0f s; the conversation waits for it",
+                    handling.item.message_id, handling.item.conversation, now - handling.started,
+                )  # fmt: skip
         depth = self.journal.depth()
         stats = self.stats.snapshot()
         if not (depth.inbox or depth.outbox or stats["sent"]):
@@ -491,12 +505,13 @@ class Pipeline:
         )  # fmt: skip
 
 
-@dataclass
+@dataclass(eq=False)
 class _Handling:
     """The message a handler thread is running: whether its replies may still be posted inline."""
 
     item: InboxItem
     inline: bool | None  # None: not decided yet (decided at the first reply)
+    started: float = 0.0  # time.monotonic() when its handler started
 
 
 class _Stats:

@@ -330,3 +330,26 @@ def test_pipeline_restarts_after_fork_on_first_use(tmp_path, sender, echo):
     submit(pipeline, "after fork")
     assert pipeline.wait_idle(5)
     assert sender.texts() == ["echo after fork"]
+
+
+def test_a_handler_that_runs_long_is_named_in_a_warning(tmp_path, sender, monkeypatch, caplog):
+    """Handlers have no time limit; the periodic stats name one that holds its conversation too long."""
+    router, started, release = Router(), threading.Event(), threading.Event()
+
+    @router.fallback
+    def stuck(msg):
+        started.set()
+        release.wait(5)
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    submit(pipeline, "hang", id="777")
+    assert started.wait(5)
+    monkeypatch.setattr("bot.pipeline.SLOW_HANDLER", 0.0)
+    with caplog.at_level("WARNING", logger="bot.pipeline"):
+        pipeline._log_stats()
+    release.set()
+    assert pipeline.wait_idle(5)
+    assert any("message 777 in alice_user_bot: its handler has been running for" in r.message for r in caplog.records)
+    caplog.clear()
+    pipeline._log_stats()  # finished: no longer named
+    assert not any("running for" in r.message for r in caplog.records)
