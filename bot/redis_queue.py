@@ -16,8 +16,9 @@ How the guarantees are kept, with the engine's own mechanisms:
   conversations run on whatever workers are free.
 * **Nothing lost**: jobs are retried (``Retry``) when a handler's process
   dies; RQ moves a job whose worker was killed mid-job out of the started
-  registry after its heartbeat expires and retries it (abandoned-job
-  handling, checked every ``MAINTENANCE_INTERVAL`` s). A reply's muid is
+  registry once its heartbeat lapses (:class:`HeartbeatWorker`, about 20 s)
+  and retries it (abandoned-job handling, checked every
+  ``MAINTENANCE_INTERVAL`` s). A reply's muid is
   recorded in Redis once CometChat accepted it (with its CometChat id, which
   later edits and form submissions look up), so a job that runs again does
   not send that reply twice.
@@ -34,6 +35,7 @@ import hashlib
 import json
 import logging
 import re
+import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -62,9 +64,13 @@ QUEUE = PREFIX
 CHAIN_TTL = 3600
 JOB_TIMEOUT = 600
 #: How often a worker looks for jobs of workers that died (RQ's default, 10 minutes, would leave a killed
-#: worker's message and the rest of its conversation waiting that long). RQ considers a job abandoned once its
-#: worker's heartbeat is 90 s old, so a killed worker's job runs again within about two minutes.
-MAINTENANCE_INTERVAL = 30
+#: worker's message and the rest of its conversation waiting that long).
+MAINTENANCE_INTERVAL = 10
+#: A running job's heartbeat: renewed every HEARTBEAT_EVERY s, it lapses HEARTBEAT_TTL s after its worker died;
+#: the next maintenance then runs the job again. (RQ's SimpleWorker would let it lapse only after the job's
+#: timeout + 60 s: 11 minutes of a conversation waiting behind a killed worker's message.)
+HEARTBEAT_EVERY = 5
+HEARTBEAT_TTL = 20
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
 JOB_RETRIES = 3
 
@@ -299,8 +305,45 @@ class RedisDelivery:
         """Run an RQ worker for this app in the current process (``burst``: until the queue is empty)."""
         global _current
         _current = self
-        worker = SimpleWorker([self.queue], connection=self.redis, name=name, maintenance_interval=MAINTENANCE_INTERVAL)
+        worker = HeartbeatWorker(
+            [self.queue], connection=self.redis, name=name, maintenance_interval=MAINTENANCE_INTERVAL
+        )
         return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+
+
+class HeartbeatWorker(SimpleWorker):
+    """RQ's SimpleWorker (jobs run in the worker process: no fork per message), with a heartbeat while a job runs.
+
+    A thread renews the job's entry in the started-job registry every ``HEARTBEAT_EVERY`` s for
+    ``HEARTBEAT_TTL`` s. If the worker is killed, the entry lapses and RQ's maintenance (any worker, every
+    ``MAINTENANCE_INTERVAL`` s) retries the job: the conversation goes on within about half a minute.
+    """
+
+    def get_heartbeat_ttl(self, job: Job) -> int:
+        return HEARTBEAT_TTL
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        done = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(job, done), name="rq-heartbeat", daemon=True)
+        beat.start()
+        try:
+            super().execute_job(job, queue)
+        finally:
+            done.set()
+            beat.join()
+
+    def _beat(self, job: Job, done: threading.Event) -> None:
+        while not done.wait(HEARTBEAT_EVERY):
+            execution = self.execution
+            if execution is None:
+                continue
+            try:
+                with self.connection.pipeline() as pipeline:
+                    execution.heartbeat(job.started_job_registry, HEARTBEAT_TTL, pipeline)
+                    self.heartbeat(HEARTBEAT_TTL + 60, pipeline=pipeline)
+                    pipeline.execute()
+            except RedisError as exc:  # the job goes on; a lapsed heartbeat only means it may run again
+                log.warning("worker %s: heartbeat of job %s failed: %s", self.name, job.id, exc)
 
 
 #: The delivery of the app this worker process serves (set by :meth:`RedisDelivery.work`).

@@ -21,9 +21,11 @@ from redis import Redis
 from rq.registry import StartedJobRegistry
 
 import app as app_module
-from bot.factory import bot_app
+import config
+from bot import Router
+from bot.factory import bot_app, build_app
 from bot.journal import RateLimit
-from bot.redis_queue import _TAKE_TOKEN, PREFIX, RedisDelivery
+from bot.redis_queue import _TAKE_TOKEN, HEARTBEAT_TTL, PREFIX, RedisDelivery
 from bot.testing import make_callback
 from bots.weather import forecast
 from tests.fakes import GatedCometChat
@@ -130,15 +132,19 @@ def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_p
     for _, body, _ in messages:
         post(web, body, basic_auth)
     doomed = start_worker(settings, tmp_path / "doomed.log")
+    registry = StartedJobRegistry(queue=delivery.queue)
     try:
         assert fake.arrived.wait(30), (tmp_path / "doomed.log").read_text()
-        assert StartedJobRegistry(queue=delivery.queue).count == 1
+        assert registry.count == 1
+        # The running job's heartbeat lapses HEARTBEAT_TTL seconds after the last beat (not the job's timeout).
+        [(_, lapses_at)] = delivery.redis.zrange(registry.key, 0, -1, withscores=True)
+        assert lapses_at <= time.time() + HEARTBEAT_TTL + 1
     finally:
         doomed.kill()  # SIGKILL, mid-job
         doomed.wait(10)
     fake.gate.set()
-    # RQ notices an abandoned job once its heartbeat expires (60 s and more); jump past that instead of waiting.
-    StartedJobRegistry(queue=delivery.queue).cleanup(timestamp=time.time() + 3600)
+    # Maintenance finds the job abandoned once the heartbeat lapsed: jump there instead of waiting for it.
+    registry.cleanup(timestamp=time.time() + HEARTBEAT_TTL + 1)
     survivor = start_worker(settings, tmp_path / "survivor.log")
     try:
         assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), (tmp_path / "survivor.log").read_text()
@@ -195,3 +201,24 @@ def test_shared_token_bucket(redis_url):
     assert [wait_at(100.0), wait_at(100.0)] == [0.0, 0.0]
     assert wait_at(100.0) == pytest.approx(0.5)
     assert wait_at(100.5) == 0.0  # one token came back after 0.5 s
+
+
+def test_a_running_job_keeps_its_heartbeat_alive(redis_url, monkeypatch):
+    """While a handler runs, the worker's heartbeat thread renews the job's entry in the started registry, so a
+    slow handler is not taken for a dead one (and a dead worker's job lapses soon)."""
+    monkeypatch.setattr("bot.redis_queue.HEARTBEAT_EVERY", 0.05)
+    router, seen = Router(), []
+
+    @router.fallback
+    def slow(msg):
+        registry = StartedJobRegistry(queue=delivery.queue)
+        [(_, first)] = delivery.redis.zrange(registry.key, 0, -1, withscores=True)
+        assert wait_for(lambda: delivery.redis.zrange(registry.key, 0, -1, withscores=True)[0][1] > first, 5)
+        seen.append(msg.text)
+
+    app = build_app(config.load({"REDIS_URL": redis_url}), [router])
+    delivery: RedisDelivery = bot_app(app).delivery
+    response = app.test_client().post("/cometchat/callback", json=make_callback("slow one"))
+    assert response.status_code == 200
+    delivery.work(burst=True)
+    assert seen == ["slow one"]
