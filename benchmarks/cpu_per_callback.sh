@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# CPU per callback of the embedded mode, the figure benchmarks/RESULTS.md quotes for the hot path:
+# gunicorn (2 sync workers) with the echo bot against the harness's fake CometChat, wrk for 8 s, then the
+# user and system CPU of gunicorn's processes divided by the callbacks answered. Loopback only, bounded.
+#
+#   PYTHON=/tmp/benchvenv/bin/python benchmarks/cpu_per_callback.sh          # fake API answering at once
+#   LATENCY_MS=100 benchmarks/cpu_per_callback.sh                            # ... after 100 ms
+#   ENV="HANDLER_THREADS=8" benchmarks/cpu_per_callback.sh                   # with other settings
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=${BENCH:-$ROOT/../shared/bench}
+PY=${PYTHON:-python3}
+WORK=$(mktemp -d)
+trap 'kill $GUNICORN $FAKE 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+
+"$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; payloads.write_template('cometchat', '$WORK/tpl.json')"
+"$PY" "$BENCH/fake_cometchat.py" --port 18080 --latency-ms "${LATENCY_MS:-0}" >"$WORK/fake.log" 2>&1 &
+FAKE=$!
+cd "$ROOT"
+env COMETCHAT_APP_ID=benchapp COMETCHAT_REGION=us COMETCHAT_API_KEY=bench-api-key COMETCHAT_BOT_UID=bot \
+    COMETCHAT_API_BASE=http://127.0.0.1:18080/v3 CALLBACK_BASIC_AUTH=cometchat:bench-basic-pass \
+    JOURNAL_PATH="$WORK/journal.sqlite3" ${ENV:-} \
+    "$PY" -m gunicorn -w 2 -b 127.0.0.1:18100 benchmarks.adapter:app >"$WORK/gunicorn.log" 2>&1 &
+GUNICORN=$!
+for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18100/healthz && break; sleep 0.1; done
+AUTH=$("$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; print(payloads.basic_auth_header('cometchat', 'bench-basic-pass'))")
+
+cpu() {  # user and system clock ticks of gunicorn's master and workers
+    local user=0 sys=0 u s
+    for pid in $GUNICORN $(pgrep -P $GUNICORN); do
+        read -r u s <<<"$(awk '{print $14, $15}' /proc/$pid/stat)"
+        user=$((user + u)); sys=$((sys + s))
+    done
+    echo "$user $sys"
+}
+read -r U0 S0 <<<"$(cpu)"
+OUT=$(wrk -t1 -c16 -d8s -s "$BENCH/post.lua" http://127.0.0.1:18100/cometchat/callback -- \
+      "$WORK/tpl.json" cpu "$RANDOM$RANDOM" basic "$AUTH")
+sleep 1  # the replies of the last callbacks
+read -r U1 S1 <<<"$(cpu)"
+N=$(echo "$OUT" | grep -oP '\d+(?= requests in)')
+HZ=$(getconf CLK_TCK)
+echo "$OUT" | grep -E 'Requests/sec'
+"$PY" -c "print(f'cpu per callback: user {($U1-$U0)*1000/$HZ/$N:.3f} ms, system {($S1-$S0)*1000/$HZ/$N:.3f} ms ({$N} callbacks)')"
