@@ -45,7 +45,8 @@ class LoopGuard:
         if not self.is_bot(msg):
             # A person wrote: the bots may talk again. (In a 1:1 chat with a bot no person ever writes; there
             # the count only expires.)
-            if msg.is_group and self.store.load(key) is not None:
+            record = self.store.load(key) if msg.is_group else None
+            if record is not None and record.data.get("answered"):  # only a count worth clearing is written
                 update(self.store, key, State.clear, ttl=LOOP_WINDOW)
             return True
         admitted = True

@@ -98,9 +98,12 @@ def create_playground_blueprint(emulator: Emulator, *, local_only: bool = True) 
         elif type_ == "text":
             data["text"] = body.get("text")
         else:
-            data["attachments"] = body.get("attachments")
-            if isinstance(data["attachments"], list) and data["attachments"]:
-                data["url"] = data["attachments"][0].get("url")
+            attachments = body.get("attachments")
+            if not isinstance(attachments, list) or not all(isinstance(a, dict) for a in attachments):
+                raise PlaygroundError("attachments must be a list of objects", fields={"attachments": ["Invalid."]})
+            data["attachments"] = attachments
+            if attachments:
+                data["url"] = attachments[0].get("url")
         if isinstance(body.get("metadata"), dict):
             data["metadata"] = body["metadata"]
         message, relayed = emulator.send_as_user(

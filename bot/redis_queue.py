@@ -41,7 +41,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from redis import Redis, RedisError
+from redis import Redis, RedisError, WatchError
 from rq import Queue, Retry, SimpleWorker
 from rq.job import Dependency, Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
@@ -274,21 +274,33 @@ class RedisDelivery:
         return [json.loads(item) for item in self.redis.lrange(f"{PREFIX}:dead-letters", 0, limit - 1)]
 
     def requeue_dead_letter(self, letter_id: str) -> bool:
-        """Send a dead reply again (after fixing its cause) from an RQ job; True if it existed."""
+        """Send a dead reply again (after fixing its cause) from an RQ job; True if it existed.
+
+        The letter leaves the list and its job is enqueued in one transaction (watched, so that two
+        processes cannot both take it): it is never lost in between, nor sent twice.
+        """
         key = f"{PREFIX}:dead-letters"
-        for raw in self.redis.lrange(key, 0, -1):
-            letter = json.loads(raw)
-            if letter.get("id") != letter_id:
-                continue
-            if not self.redis.lrem(key, 1, raw):
-                return False  # another process took it meanwhile
-            request = SendRequest.restore(
-                letter["path"], letter["body"], letter.get("meta"), message_id=letter["message_id"],
-                conversation_id=letter["conversation"],
-            )  # fmt: skip
-            self.queue.enqueue(send_again, request.to_json(), job_timeout=JOB_TIMEOUT, result_ttl=CHAIN_TTL)
-            return True
-        return False
+        with self.redis.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(key)
+                    raw = next((r for r in pipe.lrange(key, 0, -1) if json.loads(r).get("id") == letter_id), None)
+                    if raw is None:
+                        return False
+                    letter = json.loads(raw)
+                    request = SendRequest.restore(
+                        letter["path"], letter["body"], letter.get("meta"), message_id=letter["message_id"],
+                        conversation_id=letter["conversation"],
+                    )  # fmt: skip
+                    pipe.multi()
+                    pipe.lrem(key, 1, raw)
+                    self.queue.enqueue_call(
+                        send_again, args=(request.to_json(),), timeout=JOB_TIMEOUT, result_ttl=CHAIN_TTL, pipeline=pipe
+                    )
+                    pipe.execute()
+                    return True
+                except WatchError:
+                    continue  # the list changed meanwhile (a new dead letter, another retry): look again
 
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Wait until no job is queued, running or waiting (True), or ``timeout`` passes (False)."""

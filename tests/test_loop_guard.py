@@ -176,6 +176,18 @@ def test_a_person_in_the_group_resets_the_count(make_bot):
     assert bot.statuses() == ["replied", "replied", "loop_guard", "replied", "replied", "replied", "loop_guard"]
 
 
+def test_people_talking_after_a_reset_write_nothing(make_bot, store):
+    """Only a count worth clearing is written: after the reset, people's messages cost no write."""
+    bot = make_bot(A, limit=2)
+    bot.handle(from_bot())
+    bot.handle(from_person())  # resets the count: one write
+    key = f"loop\x1f{A}\x1f{from_person().conversation_id}"
+    version = store.load(key).version
+    for sender in ("carol", "dave", "erin"):
+        assert bot.handle(from_person(sender=sender)) == "replied"
+    assert store.load(key).version == version
+
+
 def test_people_are_always_answered(make_bot):
     bot = make_bot(A, limit=1)
     bot.handle(from_bot())

@@ -143,6 +143,12 @@ def test_new_users_and_groups(http):
             400,
         ),
         ("put", "/playground/api/settings", {"groupChatSetting": "everything"}, 400),
+        (
+            "post",
+            "/playground/api/messages",
+            {"sender": "alice", "receiver": "bot", "receiverType": "user", "type": "image", "attachments": ["x"]},
+            400,
+        ),
         ("put", "/playground/api/groups/team/members/bot", {"member": "yes"}, 400),
         ("post", "/playground/api/uploads", None, 400),
         ("get", "/playground/api/updates?since=x", None, 400),
