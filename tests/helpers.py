@@ -15,3 +15,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 2.0, interval: fl
             return bool(predicate())
         time.sleep(interval)
     return True
+
+
+class Clock:
+    """An injectable clock (for the memory state store): ``clock()`` is the time, ``advance(s)`` moves it on."""
+
+    def __init__(self, now: float = 1_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds

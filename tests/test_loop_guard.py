@@ -26,20 +26,10 @@ from bot.schemas import parse_callback
 from bot.settings import Settings
 from bot.state import MemoryStateStore
 from bot.testing import BotTestClient, SentReply, make_callback, make_message
+from tests.helpers import Clock
 
 A, B = "bot-a", "bot-b"
 GROUP = "lounge"
-
-
-class Clock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def echo(name: str) -> Router:

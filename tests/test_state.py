@@ -39,29 +39,13 @@ from bot.state import (
 )
 from bot.testing import BotTestClient, make_callback, make_message
 from bots import booking
-from tests.helpers import wait_for
+from tests.helpers import Clock, wait_for
 
 TTL = 60.0
 KEY = "bot\x1fconversation"
 
 
-# ------------------------------------------------------------------ a real redis-server (as tests/test_redis_queue.py)
-
-
 # ------------------------------------------------------------------ the stores, side by side
-
-
-class Clock:
-    """An injectable clock for the memory store."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 @dataclass
