@@ -71,7 +71,9 @@ class Emulator:
         self.relay: Relay | None = None  # set by the playground: how a callback reaches the app
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
-        self._ids = itertools.count(1)
+        # Ids count up from the start time in microseconds: after a restart of `make run` they are new to the
+        # journal, whose dedup window would take a repeated "1" for a redelivered message.
+        self._ids = itertools.count(time.time_ns() // 1000)
         self.version = 0  # bumped by every change; messages carry the version of their last change
         self.users: dict[str, dict[str, Any]] = {}
         self.groups: dict[str, dict[str, Any]] = {}

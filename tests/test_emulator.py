@@ -28,7 +28,7 @@ def test_a_bot_message_is_stored_and_answered_like_cometchat(emulator):
     status, answer = send(emulator, text(muid="m-1", tags=["faq"]))
     assert status == 200
     message = answer["data"]
-    assert message["id"] == "1" and message["sender"] == "bot"
+    assert message["id"].isdigit() and message["sender"] == "bot"
     assert (message["receiver"], message["receiverType"], message["conversationId"]) == (
         "alice",
         "user",
@@ -37,7 +37,14 @@ def test_a_bot_message_is_stored_and_answered_like_cometchat(emulator):
     assert message["data"]["text"] == "hi" and message["muid"] == "m-1" and message["tags"] == ["faq"]
     assert message["data"]["entities"]["sender"]["entity"]["uid"] == "bot"
     assert message["data"]["entities"]["receiver"] == {"entityType": "user", "entity": emulator.users["alice"]}
-    assert send(emulator, text())[1]["data"]["id"] == "2"  # ids count up, as strings
+    assert int(send(emulator, text())[1]["data"]["id"]) == int(message["id"]) + 1  # ids count up, as strings
+
+
+def test_ids_are_new_after_a_restart():
+    """A new emulator (make run started again) must not reuse ids the journal remembers as already handled."""
+    first = send(Emulator(), text())[1]["data"]["id"]
+    later = send(Emulator(), text())[1]["data"]["id"]
+    assert int(later) > int(first)
 
 
 @pytest.mark.parametrize(
