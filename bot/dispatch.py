@@ -37,7 +37,7 @@ KNOWN_CATEGORIES = frozenset({"message", "custom", "interactive", "action", "cal
 Deliver = Callable[[SendRequest], Any]
 #: ``api_action(interaction_id, element_id, msg, muid, thread)`` -> the apiAction of a button that reports back
 #: here (``thread``: the thread the interactive reply goes to, or None).
-ActionMaker = Callable[[str, str, Message, str, str | None], dict[str, Any]]
+ApiActionFactory = Callable[[str, str, Message, str, str | None], dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ class Dispatcher:
         state: StateStore | None = None,
         state_ttl: float = 86400.0,
         loop_guard: LoopGuard | None = None,
-        api_action: ActionMaker | None = None,
+        api_action: ApiActionFactory | None = None,
     ) -> None:
         """``deliver`` is the default for :meth:`handle`; ``state`` the store behind ``msg.state``;
         ``api_action`` makes the actions of interactive messages (None: they cannot be sent)."""
