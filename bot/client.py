@@ -1,8 +1,10 @@
 """Senders: what delivers a :class:`SendRequest`.
 
 * :class:`CometChatClient` posts to CometChat's REST API over libcurl
-  (pycurl): one keep-alive connection per sending thread, connect and total
-  timeouts, retries with exponential backoff and full jitter on 429
+  (pycurl): blocking (one keep-alive connection per calling thread) or, for
+  the pipeline, without blocking (``start``: one thread drives every
+  exchange in flight, bot/transfers.py); connect and total timeouts,
+  retries with exponential backoff and full jitter on 429
   (honouring ``Retry-After``), 5xx and network errors, never on other 4xx;
   failures raise typed errors carrying CometChat's error code. libcurl
   because the client side of a request is most of a reply's CPU cost:
@@ -38,6 +40,7 @@ from .api import SendRequest
 from .errors import CometChatError, TransportError, UnknownReference, error_for_status
 from .message import Target
 from .settings import Settings
+from .transfers import Transfers
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -128,6 +131,7 @@ class CometChatClient:
         self._local = threading.local()  # a curl handle (and its keep-alive connection) per thread
         self._handles: list[pycurl.Curl] = []
         self._handles_lock = threading.Lock()
+        self._transfers = Transfers()  # what start() uses: one thread drives every exchange in flight
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> CometChatClient:
@@ -141,15 +145,13 @@ class CometChatClient:
                 handle.close()
             self._handles.clear()
         self._local = threading.local()
+        self._transfers.close()
 
     def _handle(self) -> pycurl.Curl:
         handle = getattr(self._local, "handle", None)
         if handle is None:
             handle = pycurl.Curl()
-            handle.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM: we run in threads
-            handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(min(5.0, self.timeout) * 1000))
-            handle.setopt(pycurl.TIMEOUT_MS, int(self.timeout * 1000))
-            handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+            self._configure(handle)
             self._local.handle = handle
             with self._handles_lock:
                 self._handles.append(handle)
@@ -261,16 +263,56 @@ class CometChatClient:
     ) -> tuple[int, dict[str, str], bytes]:
         """One HTTP exchange: (status, response headers by lower-case name, body); TransportError if none happened."""
         handle = self._handle()
-        content = io.BytesIO()
-        response_headers: dict[str, str] = {}
+        exchange = self._prepare(handle, method, path, body, headers)
+        try:
+            handle.perform()
+        except pycurl.error as exc:
+            code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
+            self._discard(handle)  # a connection in an unknown state is not reused
+            raise TransportError(f"curl error {code}: {text}") from exc
+        status = handle.getinfo(pycurl.RESPONSE_CODE)
+        return status, exchange.headers(status), exchange.content.getvalue()
 
-        def header_line(line: bytes) -> None:
-            name, sep, value = line.decode("latin-1").partition(":")
-            if sep:
-                response_headers[name.strip().lower()] = value.strip()
-            elif name.startswith("HTTP/"):
-                response_headers.clear()  # a new response (after a redirect or "100 Continue")
+    def start(self, request: SendRequest, done: Callable[[Any, CometChatError | None], None]) -> None:
+        """One try at ``request`` without blocking: ``done(data, None)`` or ``done(None, error)`` is called later,
+        on the transfer thread (bot/transfers.py), when CometChat has answered."""
+        if request.ref:
+            raise ValueError(f"{request.describe()} still refers to reply {request.ref}; resolve it first")
+        handle = self._transfers.handle()
+        if not getattr(handle, "configured", False):
+            self._configure(handle)
+            handle.configured = True
+        exchange = self._prepare(handle, request.method, request.path, request.body, dict(request.headers))
 
+        def finished(handle: pycurl.Curl, error: TransportError | None) -> None:
+            if error is not None:
+                done(None, error)
+                return
+            status = handle.getinfo(pycurl.RESPONSE_CODE)
+            try:
+                data = answer_data(status, _json_or_none(exchange.content.getvalue()), exchange.headers(status))
+            except CometChatError as failure:
+                done(None, failure)
+                return
+            done(data, None)
+
+        self._transfers.start(handle, finished)
+
+    @property
+    def in_flight(self) -> int:
+        """Requests started with :meth:`start` and not yet answered (in this process)."""
+        return self._transfers.in_flight
+
+    def _configure(self, handle: pycurl.Curl) -> None:
+        handle.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM: we run in threads
+        handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(min(5.0, self.timeout) * 1000))
+        handle.setopt(pycurl.TIMEOUT_MS, int(self.timeout * 1000))
+        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
+
+    def _prepare(
+        self, handle: pycurl.Curl, method: str, path: str, body: Any, headers: dict[str, str] | None
+    ) -> _Exchange:
+        exchange = _Exchange()
         handle.setopt(pycurl.URL, self.base_url + path)
         handle.setopt(pycurl.HTTPHEADER, self._headers + [f"{k}: {v}" for k, v in (headers or {}).items()])
         if method == "GET":
@@ -279,15 +321,9 @@ class CometChatClient:
             payload = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
             handle.setopt(pycurl.POSTFIELDS, payload)
         handle.setopt(pycurl.CUSTOMREQUEST, method)
-        handle.setopt(pycurl.WRITEDATA, content)
-        handle.setopt(pycurl.HEADERFUNCTION, header_line)
-        try:
-            handle.perform()
-        except pycurl.error as exc:
-            code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
-            self._discard(handle)  # a connection in an unknown state is not reused
-            raise TransportError(f"curl error {code}: {text}") from exc
-        return handle.getinfo(pycurl.RESPONSE_CODE), response_headers, content.getvalue()
+        handle.setopt(pycurl.WRITEDATA, exchange.content)
+        handle.setopt(pycurl.HEADERFUNCTION, exchange.raw_headers.write)
+        return exchange
 
     def _discard(self, handle: pycurl.Curl) -> None:
         self._local.handle = None
@@ -295,6 +331,29 @@ class CometChatClient:
             if handle in self._handles:
                 self._handles.remove(handle)
         handle.close()
+
+
+class _Exchange:
+    """What one exchange wrote: the body, and the header lines (kept raw; read only when they are needed)."""
+
+    __slots__ = ("content", "raw_headers")
+
+    def __init__(self) -> None:
+        self.content = io.BytesIO()
+        self.raw_headers = io.BytesIO()
+
+    def headers(self, status: int = 0) -> dict[str, str]:
+        """The last response's headers by lower-case name; none for a success (``status`` < 300): unused there."""
+        if 0 < status < 300:
+            return {}
+        headers: dict[str, str] = {}
+        for line in self.raw_headers.getvalue().decode("latin-1").split("\r\n"):
+            name, sep, value = line.partition(":")
+            if sep:
+                headers[name.strip().lower()] = value.strip()
+            elif name.startswith("HTTP/"):
+                headers.clear()  # a new response (after a redirect or "100 Continue")
+        return headers
 
 
 def answer_data(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Any:

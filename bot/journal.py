@@ -148,6 +148,9 @@ class InboxItem:
     body: bytes
     attempts: int  # claims so far, this one included
     accepted_at: float
+    # Replies of the conversation waited in the outbox when this was claimed: its replies must queue behind them.
+    # (Nothing adds any while the claim holds the conversation's lane, so this stays true or turns false.)
+    replies_waiting: bool = True
 
 
 @dataclass(frozen=True)
@@ -261,6 +264,11 @@ def _start_time(pid: int) -> str:
             return f.read().rsplit(b")", 1)[1].split()[19].decode()  # field 22: starttime in clock ticks
     except (OSError, IndexError):
         return "0"
+
+
+def _inbox_item(row: Sequence[Any]) -> InboxItem:
+    seq, conversation, message_id, body, attempts, accepted_at, replies_waiting = row
+    return InboxItem(seq, conversation, message_id, body, attempts, accepted_at, bool(replies_waiting))
 
 
 class Journal:
@@ -383,15 +391,16 @@ class Journal:
             "INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at, dedup_key, dedup_until)"
             " SELECT ?1, ?2, ?3, lane_free.ok, lane_free.ok IS NOT NULL, ?5, ?6, ?7 FROM"
             " (SELECT CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE conversation = ?1) THEN NULL ELSE ?4 END AS ok)"
-            " AS lane_free RETURNING seq, owner",
+            " AS lane_free RETURNING seq, owner, owner IS NOT NULL AND"
+            " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)",
             (conversation, message_id, body, owner, now, f"m\x1f{bot}\x1f{message_id}", now + ttl),
         )
         if not rows:
             return False  # the trigger inbox_dedup found it within the dedup window
-        seq, claimed_by = rows[0]
+        seq, claimed_by, replies_waiting = rows[0]
         if claimed_by is None:
             return True
-        return InboxItem(seq, conversation, message_id, body, 1, now)
+        return InboxItem(seq, conversation, message_id, body, 1, now, bool(replies_waiting))
 
     def claim_inbox(self, limit: int) -> list[InboxItem]:
         """Claim up to ``limit`` waiting messages that head their lane, oldest first."""
@@ -403,10 +412,11 @@ class Journal:
                 " SELECT seq FROM inbox AS i WHERE owner IS NULL AND NOT EXISTS"
                 "  (SELECT 1 FROM inbox AS e WHERE e.conversation = i.conversation AND e.seq < i.seq)"
                 " ORDER BY seq LIMIT ?2) "
-                "RETURNING seq, conversation, message_id, body, attempts, accepted_at",
+                "RETURNING seq, conversation, message_id, body, attempts, accepted_at,"
+                " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)",
                 (self.owner, limit),
             ).fetchall()
-        return sorted((InboxItem(*row) for row in rows), key=lambda item: item.seq)
+        return sorted((_inbox_item(row) for row in rows), key=lambda item: item.seq)
 
     def finish_inbox(self, item: InboxItem) -> InboxItem | None:
         """Drop a handled message and claim the next one of its conversation, if one waits (trigger inbox_next)."""
@@ -418,11 +428,12 @@ class Journal:
         if not claimed_next:
             return None
         rows = self._read(
-            "SELECT seq, conversation, message_id, body, attempts, accepted_at FROM inbox"
+            "SELECT seq, conversation, message_id, body, attempts, accepted_at,"
+            " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation) FROM inbox"
             " WHERE conversation = ? AND owner = ? ORDER BY seq LIMIT 1",
             (item.conversation, self.owner),
         )
-        return InboxItem(*rows[0]) if rows else None
+        return _inbox_item(rows[0]) if rows else None
 
     def dead_letter_message(self, item: InboxItem, error: str) -> InboxItem | None:
         """Give up on a message whose handler kept killing its process; claims the lane's next message."""
@@ -491,10 +502,6 @@ class Journal:
         if owner is None:
             return True
         return OutboxItem(seq, request.conversation_id, request.message_id, request, attempts, accepted_at)
-
-    def lane_has_replies(self, conversation: str) -> bool:
-        """True if replies of ``conversation`` wait in the outbox (a new reply must queue behind them)."""
-        return self._has("SELECT 1 FROM outbox WHERE conversation = ? LIMIT 1", conversation)
 
     def claim_replies(self, limit: int) -> list[OutboxItem]:
         """Claim up to ``limit`` due replies that head their lane, oldest first, within the rate limit."""

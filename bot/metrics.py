@@ -96,6 +96,19 @@ class MeteredSender:
 
     def __init__(self, sender: Any, metrics: Metrics) -> None:
         self.sender, self.metrics = sender, metrics
+        if callable(getattr(sender, "start", None)):
+            self.start = self._start  # only a sender that can send without blocking has start()
+
+    def _start(self, request: SendRequest, done: Callable[[Any, CometChatError | None], None]) -> None:
+        started = time.perf_counter()
+
+        def timed(data: Any, error: CometChatError | None) -> None:
+            self.metrics.send_seconds.observe(time.perf_counter() - started)
+            if error is not None:
+                self.metrics.send_errors.labels(error.code).inc()
+            done(data, error)
+
+        self.sender.start(request, timed)
 
     def attempt(self, request: SendRequest) -> dict[str, Any]:
         started = time.perf_counter()

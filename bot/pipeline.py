@@ -36,13 +36,13 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import ClassVar, Generic, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Generic, TypeVar
 
 from .api import SendRequest
 from .client import RetryPolicy, Sender, perform
 from .dispatch import Dispatcher
-from .errors import CometChatError, DeliveryUnavailable
+from .errors import CometChatError, DeliveryUnavailable, UnknownReference
 from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
@@ -60,6 +60,7 @@ SLOW_HANDLER = 60.0
 class PipelineOptions:
     handler_threads: int = 64
     sender_threads: int = 16
+    max_in_flight: int = 256  # replies posted at once without a thread each (over the sender's start())
     poll_interval: float = 0.2  # how often the claimer looks for work it was not told about
     recover_interval: float = 2.0
     purge_interval: float = 60.0
@@ -85,6 +86,8 @@ class Pipeline:
         self.metrics = metrics or Metrics()
         self.dispatcher = dispatcher
         self.sender = sender
+        # The sender's non-blocking start(request, done), if it has one (CometChat's client does; local mode's not).
+        self._start: Callable[..., None] | None = getattr(sender, "start", None)
         self.retry = retry or RetryPolicy()
         self.options = options or PipelineOptions()
         self.bot_uid = dispatcher.bot_uid
@@ -104,6 +107,7 @@ class Pipeline:
         self._retry_at = math.inf
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
+        self._in_flight = 0  # messages whose replies are being posted after their handler returned
         self._current = threading.local()  # the _Handling of the message a handler thread is working on
         self._running: set[_Handling] = set()  # every message a handler runs now (for the slow-handler warning)
 
@@ -116,7 +120,7 @@ class Pipeline:
                 return
             self._pid = os.getpid()
             self._stopping = self._closed = False
-            self._busy_handlers = self._busy_senders = 0
+            self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
             threading.Thread(target=self._claim_loop, name="bot-claimer", daemon=True).start()
@@ -143,7 +147,7 @@ class Pipeline:
             # Messages no handler has started go back to the journal at once; replies keep being sent.
             self._give_back_unstarted(replies=False)
             with self._lock:
-                busy = self._busy_handlers + self._busy_senders
+                busy = self._busy_handlers + self._busy_senders + self._in_flight
             due = self.journal.next_due()
             drained = busy == 0 and (due is None or due > wall_deadline)
             if drained or time.monotonic() >= deadline:
@@ -257,6 +261,8 @@ class Pipeline:
                 self._running.discard(handling)
             self.stats.count(outcome.status)
             self.metrics.handled(outcome)
+            if handling.chain:
+                return self._post_chain(item, handling.chain)
         return self.journal.finish_inbox(item)
 
     def deliver(self, request: SendRequest) -> None:
@@ -267,8 +273,16 @@ class Pipeline:
             # after a crash does not send it again. The message's later replies queue behind it.
             handling.inline = False
         if handling is not None and self._may_send_inline(handling):
-            self._send_inline(handling, request)
+            if self._start is not None:
+                handling.chain.append(request)  # posted in order once the handler returned (_post_chain)
+            else:
+                self._send_inline(handling, request)
             return
+        if handling is not None and handling.chain:
+            # Not inline any more (an interim reply): what was held back goes first, through the journal too.
+            held, handling.chain = handling.chain, []
+            for earlier in held:
+                self.deliver(earlier)
         accepted_at = handling.item.accepted_at if handling else time.time()
         claim = self._reserve("sender")
         try:
@@ -288,10 +302,9 @@ class Pipeline:
     def _may_send_inline(self, handling: _Handling) -> bool:
         if handling.inline is None:
             # This thread holds the conversation's inbox lane, so no other reply of it can be queued meanwhile:
-            # one look per message is enough. A rate limit needs the journal's shared tokens: no inline sends.
-            handling.inline = self.journal.rate_limit is None and not self.journal.lane_has_replies(
-                handling.item.conversation
-            )
+            # whether replies waited when the message was claimed decides. A rate limit needs the journal's
+            # shared tokens: no inline sends.
+            handling.inline = self.journal.rate_limit is None and not handling.item.replies_waiting
         return handling.inline
 
     def _send_inline(self, handling: _Handling, request: SendRequest) -> None:
@@ -325,6 +338,56 @@ class Pipeline:
         if due < self._retry_at:
             self._retry_at = due
             self._wake.set()  # the claimer sleeps until then
+
+    # ------------------------------------------------------------ replies posted without a thread each
+
+    def _post_chain(self, item: InboxItem, requests: list[SendRequest]) -> InboxItem | None:
+        """Post a handled message's replies one after the other on the transfer thread; then finish it there.
+
+        When ``max_in_flight`` messages are being posted already, this
+        handler thread posts them itself (blocking): the back-pressure that
+        keeps a burst from opening unbounded connections. Returns the
+        conversation's next message when this thread finished the message.
+        """
+        with self._lock:
+            inline = self._in_flight >= self.options.max_in_flight
+            if not inline:
+                self._in_flight += 1
+        if inline:
+            handling = _Handling(item, inline=True)
+            for request in requests:
+                if handling.inline:
+                    self._send_inline(handling, request)
+                else:  # an attempt failed: the rest queue behind it in the journal
+                    self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False)
+            return self.journal.finish_inbox(item)
+        _Chain(self, item, requests).next()
+        return None
+
+    def _chain_done(self, item: InboxItem | None) -> None:
+        """A message's replies are all posted (or queued for a retry): it leaves the inbox (transfer thread).
+
+        ``None``: its chain broke on a journal error; the message stays claimed in the journal (recovered at
+        the next start) and only stops counting as in flight.
+        """
+        try:
+            if item is not None:
+                self._hand_on(self.journal.finish_inbox(item))
+        finally:
+            with self._lock:
+                self._in_flight -= 1
+                self._idle.notify_all()
+
+    def _hand_on(self, item: InboxItem | None) -> None:
+        """Give the conversation's next message (claimed by finishing the last one) to a handler thread."""
+        if item is None:
+            return
+        if self._reserve("handler"):
+            self._handlers.put((item, None))
+            return
+        self.journal.release([item])  # no free handler thread (or stopping): the claimer takes it later
+        self._starved_handlers = True
+        self._wake.set()
 
     # ------------------------------------------------------------ senders
 
@@ -512,6 +575,90 @@ class _Handling:
     item: InboxItem
     inline: bool | None  # None: not decided yet (decided at the first reply)
     started: float = 0.0  # time.monotonic() when its handler started
+    chain: list[SendRequest] = field(default_factory=list)  # replies to post once the handler returned
+
+
+class _Chain:
+    """A handled message's replies, posted one after the other (each once the previous one is in)."""
+
+    def __init__(self, pipeline: Pipeline, item: InboxItem, requests: list[SendRequest]) -> None:
+        self.pipeline, self.item = pipeline, item
+        self.requests = deque(requests)
+        self.request: SendRequest | None = None
+
+    def next(self) -> None:
+        """Post the next reply, or finish the message when none is left."""
+        try:
+            self._next()
+        except Exception:
+            log.exception("message %s in %s: journal error; the message stays in the journal",
+                          self.item.message_id, self.item.conversation)  # fmt: skip
+            self.pipeline._chain_done(None)
+
+    def _next(self) -> None:
+        p = self.pipeline
+        while self.requests:
+            request = self.requests.popleft()
+            if request.ref:
+                record = p.journal.sent(request.ref)
+                if record is None:
+                    if self._failed(request, UnknownReference(request.ref)):
+                        continue
+                    break
+                request = request.resolve(record.message_id)
+            self.request = request
+            assert p._start is not None
+            p._start(request, self._answered)
+            return
+        p._chain_done(self.item)
+
+    def _answered(self, data: Any, error: CometChatError | None) -> None:
+        """On the transfer thread: CometChat answered the current reply."""
+        try:
+            self._record(data, error)
+        except Exception:
+            log.exception("message %s in %s: journal error; the message stays in the journal",
+                          self.item.message_id, self.item.conversation)  # fmt: skip
+            self.pipeline._chain_done(None)
+
+    def _record(self, data: Any, error: CometChatError | None) -> None:
+        p, request, item = self.pipeline, self.request, self.item
+        assert request is not None
+        if error is not None and not self._failed(request, error):
+            p._chain_done(item)  # it and the replies after it wait in the outbox
+            return
+        if error is None:
+            if request.remember and request.muid and isinstance(data, dict) and data.get("id") is not None:
+                body = request.body if request.body.get("category") == "interactive" else None
+                p.journal.remember_sent(request.muid, str(data["id"]), request.conversation_id, body)
+            p.stats.sent(time.time() - item.accepted_at)
+            p.metrics.delivered(item.accepted_at)
+        self._next()
+
+    def _failed(self, request: SendRequest, error: CometChatError) -> bool:
+        """A failed attempt: True to go on with the next reply (this one is a dead letter), False when it waits
+        for a retry in the outbox, with the replies after it queued behind."""
+        p, item = self.pipeline, self.item
+        wait = p.retry.delay(0, error)
+        if wait is None:
+            p.stats.count("dead_letter")
+            log.error(
+                "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
+                item.message_id, item.conversation, request.muid, error,
+            )  # fmt: skip
+            p.journal.dead_letter_request(request, error.code, str(error))
+            return True
+        p.stats.count("retry")
+        log.warning(
+            "message %s in %s: reply attempt 1 failed (%s); retrying in %.2f s",
+            item.message_id, item.conversation, error.code, wait,
+        )  # fmt: skip
+        due = time.time() + wait
+        p.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
+        while self.requests:
+            p.journal.add_reply(self.requests.popleft(), accepted_at=item.accepted_at, claim=False)
+        p._note_retry(due)
+        return False
 
 
 class _Stats:

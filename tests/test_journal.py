@@ -74,6 +74,27 @@ def test_a_second_message_waits_for_the_first_of_its_conversation(journal):
     assert journal.finish_inbox(following) is None
 
 
+@pytest.mark.parametrize("claimed_by", ["accept", "claim_inbox", "finish_inbox"])
+def test_a_claim_says_whether_replies_of_the_conversation_wait_in_the_outbox(journal, claimed_by):
+    """What lets a handler post its replies at once: none of its conversation may be waiting for a retry."""
+
+    def claim(message_id: str, conversation: str) -> InboxItem:
+        if claimed_by == "accept":
+            return accept(journal, message_id, conversation)
+        if claimed_by == "claim_inbox":
+            accept(journal, message_id, conversation, claim=False)
+            return journal.claim_inbox(1)[0]
+        first = accept(journal, f"{message_id}-before", conversation)
+        accept(journal, message_id, conversation)  # waits behind the first
+        return journal.finish_inbox(first)
+
+    journal.add_reply(reply("0", "waiting"), accepted_at=time.time(), claim=False, not_before=time.time() + 60)
+    behind = claim("1", "waiting")
+    free = claim("2", "free")
+    assert (behind.message_id, behind.replies_waiting) == ("1", True)
+    assert (free.message_id, free.replies_waiting) == ("2", False)
+
+
 def test_claim_takes_lane_heads_oldest_first(journal):
     for message_id, conversation in [("1", "a"), ("2", "a"), ("3", "b"), ("4", "c"), ("5", "b")]:
         accept(journal, message_id, conversation, claim=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import queue
 import threading
 import time
 from collections import defaultdict
@@ -13,12 +14,14 @@ from bot import Router
 from bot.api import SendRequest
 from bot.client import RetryPolicy
 from bot.dispatch import Dispatcher
-from bot.errors import NotFound, RateLimited, ServerError
+from bot.errors import CometChatError, NotFound, RateLimited, ServerError
 from bot.journal import Journal
+from bot.message import ReplyRef
 from bot.pipeline import Pipeline, PipelineOptions
 from bot.schemas import parse_callback
 from bot.state import SqliteStateStore
 from bot.testing import make_callback
+from tests.helpers import wait_for
 
 
 class ScriptedSender:
@@ -51,6 +54,36 @@ class ScriptedSender:
             ]
 
 
+class NonBlockingScriptedSender(ScriptedSender):
+    """The same, with the non-blocking ``start(request, done)`` the pipeline prefers (CometChatClient has it):
+    attempts run one after the other on a thread of their own, as on the client's transfer thread. ``hold``
+    keeps every attempt waiting until ``release``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = 0
+        self.gate = threading.Event()
+        self.gate.set()
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        threading.Thread(target=self._run, name="test-transfers", daemon=True).start()
+
+    def start(self, request: SendRequest, done) -> None:
+        with self.lock:
+            self.started += 1
+        self._work.put((request, done))
+
+    def _run(self) -> None:
+        while True:
+            request, done = self._work.get()
+            self.gate.wait(10)
+            try:
+                data = self.attempt(request)
+            except CometChatError as error:
+                done(None, error)
+            else:
+                done(data, None)
+
+
 def make_pipeline(tmp_path, router: Router, sender: ScriptedSender, **options) -> Pipeline:
     retry = RetryPolicy(max_retries=options.pop("max_retries", 3), base_delay=0.01, max_delay=0.05)
     journal = Journal(tmp_path / "journal.sqlite3")
@@ -71,9 +104,11 @@ def submit(pipeline: Pipeline, text: str, sender: str = "alice", **kwargs) -> st
     return pipeline.submit(message, json.dumps(body).encode())
 
 
-@pytest.fixture
-def sender() -> ScriptedSender:
-    return ScriptedSender()
+@pytest.fixture(params=["blocking", "non_blocking"])
+def sender(request) -> ScriptedSender:
+    """Every pipeline test runs with both kinds of sender: replies posted by the handler threads themselves, and
+    replies handed to a sender's start() (posted on its thread, the message finished there)."""
+    return ScriptedSender() if request.param == "blocking" else NonBlockingScriptedSender()
 
 
 @pytest.fixture
@@ -353,3 +388,99 @@ def test_a_handler_that_runs_long_is_named_in_a_warning(tmp_path, sender, monkey
     caplog.clear()
     pipeline._log_stats()  # finished: no longer named
     assert not any("running for" in r.message for r in caplog.records)
+
+
+def test_a_reply_that_fails_in_the_middle_keeps_the_order_of_the_rest(tmp_path, sender):
+    router = Router()
+
+    @router.fallback
+    def three(msg):
+        return [f"{msg.text} a", f"{msg.text} b", f"{msg.text} c"]
+
+    sender.fail("one b", ServerError("boom", status=500))
+    pipeline = make_pipeline(tmp_path, router, sender)
+    submit(pipeline, "one")
+    submit(pipeline, "two")  # the same conversation: its replies come after all of "one"'s
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["one a", "one b", "one c", "two a", "two b", "two c"]
+    assert [r.body["data"]["text"] for r in sender.attempts].count("one b") == 2
+
+
+def test_an_edit_returned_after_the_handler_is_resolved_to_the_message_id(tmp_path, sender):
+    """An after hook may edit an earlier reply: the request names it by muid until CometChat's id is looked up."""
+    router = Router()
+
+    @router.fallback
+    def nothing(msg):
+        return "done"
+
+    @router.after
+    def edit_earlier(msg, replies):
+        msg.edit(ReplyRef(("muid-earlier",)), text="changed")
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    pipeline.journal.remember_sent("muid-earlier", "9100", "alice_user_bot")
+    submit(pipeline, "hi")
+    assert pipeline.wait_idle(10)
+    # After hooks run before the handler's replies are sent: the edit goes first.
+    assert [(r.method, r.path) for r in sender.delivered] == [("PUT", "/messages/9100"), ("POST", "/bots/bot/messages")]
+    assert pipeline.journal.dead_letters() == []
+
+
+def test_an_edit_of_a_reply_never_delivered_is_a_dead_letter(tmp_path, sender):
+    router = Router()
+
+    @router.fallback
+    def nothing(msg):
+        return None
+
+    @router.after
+    def edit_unknown(msg, replies):
+        msg.edit(ReplyRef(("muid-never-sent",)), text="changed")
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    submit(pipeline, "hi")
+    submit(pipeline, "again")  # the conversation goes on
+    assert pipeline.wait_idle(10)
+    assert [letter["error_code"] for letter in pipeline.journal.dead_letters()] == ["ERR_REFERENCE_NOT_SENT"] * 2
+    assert pipeline.journal.depth().inbox == 0
+
+
+@pytest.fixture
+def non_blocking() -> NonBlockingScriptedSender:
+    return NonBlockingScriptedSender()
+
+
+def test_replies_beyond_max_in_flight_are_posted_by_the_handler_thread(tmp_path, non_blocking, echo):
+    non_blocking.gate.clear()  # the first message's reply stays in flight
+    pipeline = make_pipeline(tmp_path, echo, non_blocking, max_in_flight=1)
+    submit(pipeline, "one", sender="alice")
+    assert wait_for(lambda: non_blocking.started == 1)
+    submit(pipeline, "two", sender="bob")  # over the limit: the handler thread posts it itself, at once
+    assert wait_for(lambda: non_blocking.texts() == ["echo two"])
+    assert non_blocking.started == 1
+    non_blocking.gate.set()
+    assert pipeline.wait_idle(10)
+    assert non_blocking.texts() == ["echo two", "echo one"]
+
+
+def test_stop_waits_for_replies_in_flight(tmp_path, non_blocking, echo):
+    non_blocking.gate.clear()
+    pipeline = make_pipeline(tmp_path, echo, non_blocking)
+    submit(pipeline, "go")
+    assert wait_for(lambda: non_blocking.started == 1)
+    threading.Timer(0.2, non_blocking.gate.set).start()
+    assert pipeline.stop(timeout=5) is True
+    assert non_blocking.texts() == ["echo go"]
+    assert pipeline.journal.depth().inbox == 0
+
+
+def test_stop_leaves_a_message_whose_replies_are_in_flight_in_the_journal(tmp_path, non_blocking, echo):
+    non_blocking.gate.clear()
+    pipeline = make_pipeline(tmp_path, echo, non_blocking)
+    submit(pipeline, "go")
+    assert wait_for(lambda: non_blocking.started == 1)
+    assert pipeline.stop(timeout=0.1) is False
+    depth = pipeline.journal.depth()
+    assert (depth.inbox, depth.inbox_running) == (1, 1)  # claimed by this process: recovered once it is gone
+    non_blocking.gate.set()
