@@ -52,6 +52,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DEDUP_TTL": ("dedup_ttl", float),
     "HANDLER_THREADS": ("handler_threads", int),
     "SENDER_THREADS": ("sender_threads", int),
+    "MAX_IN_FLIGHT": ("max_in_flight", int),
     "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
     "DRAIN_TIMEOUT": ("drain_timeout", float),
     "REDIS_URL": ("redis_url", str),

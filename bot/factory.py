@@ -136,6 +136,7 @@ def _delivery(
     options = PipelineOptions(
         handler_threads=settings.handler_threads,
         sender_threads=settings.sender_threads,
+        max_in_flight=settings.max_in_flight,
         drain_timeout=settings.drain_timeout,
     )
     dispatcher = _dispatcher(settings, router, SqliteStateStore(journal), tokens)

@@ -119,7 +119,8 @@ class Text(Reply):
         if not self.text.strip():
             log.warning("not sending an empty text reply (CometChat rejects empty text)")
             return
-        budget = MAX_DATA_BYTES - _json_size({"text": "", "metadata": dict(self.metadata or {})}) - _MARKER_ROOM
+        wrapper = _json_size({"text": "", "metadata": dict(self.metadata)}) if self.metadata else _BARE_TEXT_SIZE
+        budget = MAX_DATA_BYTES - wrapper - _MARKER_ROOM
         if budget < 1000:
             raise ValueError("reply metadata leaves no room for text under the 10 KB data limit")
         if len(self.text) * _MAX_JSON_BYTES_PER_CHAR <= budget:  # surely fits: no need to measure (the usual case)
@@ -335,3 +336,7 @@ def _fit(text: str, budget: int) -> int:
 
 def _json_size(value: Any) -> int:
     return len(json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode())
+
+
+#: The size of a text message's data around its text when it has no metadata (the usual case, measured once).
+_BARE_TEXT_SIZE = _json_size({"text": "", "metadata": {}})

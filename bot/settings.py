@@ -54,7 +54,8 @@ class Settings:
     journal_path: str = "var/journal.sqlite3"
     journal_sync: str = "normal"  # "full": also survive an OS crash, at a cost per callback
     dedup_ttl: float = 3600.0  # seconds a message id is remembered against redelivery
-    handler_threads: int = 64  # messages handled at once per process (their replies are posted by these threads)
+    handler_threads: int = 64  # messages handled at once per process
+    max_in_flight: int = 256  # messages per process whose replies are being posted at once (without a thread each)
     sender_threads: int = 16  # threads per process posting replies that wait in the journal (retries, backlog)
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
@@ -101,8 +102,8 @@ class Settings:
             problems.append("BOT_LOOP_LIMIT must not be negative (0 turns the guard off)")
         if self.callback_max_bytes <= 0:
             problems.append("CALLBACK_MAX_BYTES must be positive")
-        if self.handler_threads < 1 or self.sender_threads < 1:
-            problems.append("HANDLER_THREADS and SENDER_THREADS must be at least 1")
+        if self.handler_threads < 1 or self.sender_threads < 1 or self.max_in_flight < 1:
+            problems.append("HANDLER_THREADS, SENDER_THREADS and MAX_IN_FLIGHT must be at least 1")
         if self.dedup_ttl < 0:
             problems.append("DEDUP_TTL must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

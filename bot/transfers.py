@@ -1,17 +1,22 @@
-"""HTTP exchanges in flight: one thread per process drives all of them over one libcurl multi handle.
+"""HTTP exchanges in flight: one thread drives all of a client's exchanges over one libcurl multi handle.
 
 The pipeline posts most replies through this: a handler thread hands its
 message's replies over and is free at once, and the replies of hundreds of
 conversations are in flight together without a thread each. Measured with
-the benchmark harness (benchmarks/RESULTS.md), this took the cost of a
-callback down by a quarter in gunicorn's gthread mode: a thread blocked in
+the benchmark harness (benchmarks/RESULTS.md), this cut the CPU cost of a
+callback by about a sixth in gunicorn's gthread mode: a thread blocked in
 each request meant dozens of threads per process contending for the GIL.
 
 :meth:`Transfers.start` takes a prepared ``pycurl.Curl`` and a function
 called, on the loop's thread, with the handle and ``None`` once the exchange
 is done, or with a :class:`~bot.errors.TransportError` if none happened. The
-handle goes back to :meth:`Transfers.handle` for reuse: libcurl keeps the
+handle goes back to :meth:`Transfers.handle` for reuse; libcurl keeps the
 keep-alive connections in the multi handle's pool, shared by all handles.
+
+The loop waits with ``poll()`` on the sockets libcurl names through its
+socket callback (``socket_action``), not with ``select()`` on
+``multi.fdset()``: those cannot see descriptors above 1024, which a busy
+gunicorn worker reaches.
 """
 
 from __future__ import annotations
@@ -22,6 +27,8 @@ import os
 import queue
 import select
 import threading
+import time
+import weakref
 from collections.abc import Callable
 
 import pycurl
@@ -32,138 +39,205 @@ log = logging.getLogger(__name__)
 
 Done = Callable[[pycurl.Curl, TransportError | None], None]
 
+_POLL_EVENTS = {
+    pycurl.POLL_IN: select.POLLIN,
+    pycurl.POLL_OUT: select.POLLOUT,
+    pycurl.POLL_INOUT: select.POLLIN | select.POLLOUT,
+}
+
 
 class Transfers:
     """A curl multi handle and the thread that drives it, started in the process that first uses it."""
 
     def __init__(self, *, max_connections: int = 256) -> None:
         self.max_connections = max_connections
-        self._pid: int | None = None
         self._lock = threading.Lock()
-        self._queue: queue.SimpleQueue[tuple[pycurl.Curl, Done] | None] = queue.SimpleQueue()
-        self._free: list[pycurl.Curl] = []
-        self._done: dict[pycurl.Curl, Done] = {}
-        self._sleeping = False
-        self._wake_r = self._wake_w = -1
-        self.in_flight = 0  # started and not yet done (read without the lock: a hint for back-pressure)
+        self._loop: _Loop | None = None
+
+    @property
+    def in_flight(self) -> int:
+        """Exchanges started and not yet done in this process (a hint for back-pressure)."""
+        loop = self._loop
+        return loop.in_flight if loop is not None and loop.pid == os.getpid() else 0
 
     def handle(self) -> pycurl.Curl:
         """A curl handle to prepare for :meth:`start` (a used one when there is one)."""
-        with self._lock:
-            if self._free:
-                return self._free.pop()
+        loop = self._loop
+        if loop is not None and loop.pid == os.getpid():
+            with loop.lock:
+                if loop.free:
+                    return loop.free.pop()
         return pycurl.Curl()
 
     def start(self, handle: pycurl.Curl, done: Done) -> None:
         """Run the prepared ``handle``'s exchange on the loop thread; ``done`` is called there when it ends."""
-        self._ensure_running()
-        with self._lock:
-            self.in_flight += 1
-        self._queue.put((handle, done))
-        # The loop says it is about to sleep before it looks at the queue a last time, so a request put here
-        # is either seen by that look or wakes the select() below.
-        if self._sleeping:
-            self._wake()
+        loop = self._loop
+        if loop is None or loop.pid != os.getpid():  # not started yet, closed, or the parent's before a fork
+            with self._lock:
+                loop = self._loop
+                if loop is None or loop.pid != os.getpid():
+                    loop = self._loop = _Loop(self.max_connections)
+        loop.start(handle, done)
 
     def close(self) -> None:
         """Stop the loop thread (exchanges still running are abandoned: their ``done`` is not called)."""
         with self._lock:
-            if self._pid != os.getpid():
-                return
-            self._pid = None
+            loop, self._loop = self._loop, None
+        if loop is not None and loop.pid == os.getpid():
+            loop.stop()
+
+
+class _Loop:
+    """One thread, one multi handle, and what they share with the threads that start exchanges."""
+
+    def __init__(self, max_connections: int) -> None:
+        self.pid = os.getpid()
+        self.lock = threading.Lock()
+        self.free: list[pycurl.Curl] = []  # handles done with, for reuse
+        self.in_flight = 0
+        self._queue: queue.SimpleQueue[tuple[pycurl.Curl, Done] | None] = queue.SimpleQueue()
+        self._sleeping = False
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        # The pipe is closed when nothing refers to this loop any more (its thread has ended, and no thread is
+        # about to start an exchange on it): never while someone might still write to its number.
+        # Not at interpreter exit: the pipeline's own exit handler still drains through this loop then.
+        weakref.finalize(self, _close_all, self._wake_r, self._wake_w).atexit = False
+        # Only the loop thread touches these.
+        self._done: dict[pycurl.Curl, Done] = {}
+        self._poll = select.poll()
+        self._poll.register(self._wake_r, select.POLLIN)
+        self._timer_at: float | None = None  # when libcurl wants socket_action(SOCKET_TIMEOUT) called
+        self._multi = pycurl.CurlMulti()
+        self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
+        self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
+        self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
+        threading.Thread(target=self._run, name="bot-transfers", daemon=True).start()
+
+    def start(self, handle: pycurl.Curl, done: Done) -> None:
+        with self.lock:
+            self.in_flight += 1
+        self._queue.put((handle, done))
+        # The loop says it is about to sleep before it looks at the queue a last time, so a request put here
+        # is either seen by that look or wakes the poll() below.
+        if self._sleeping:
+            self._wake()
+
+    def stop(self) -> None:
         self._queue.put(None)
         self._wake()
 
     def _wake(self) -> None:
-        # A full pipe wakes the loop anyway; a closed one (the loop stopped) has no one to wake.
+        # A full pipe wakes the loop anyway; a closed one (the loop ended) has no one to wake.
         with contextlib.suppress(OSError):
             os.write(self._wake_w, b"\0")
 
-    def _ensure_running(self) -> None:
-        if self._pid == os.getpid():
-            return
-        with self._lock:
-            if self._pid == os.getpid():
-                return
-            # After a fork the parent's thread and handles are not ours: start afresh.
-            self._pid = os.getpid()
-            self._free, self._done, self.in_flight = [], {}, 0
-            self._queue = queue.SimpleQueue()
-            self._wake_r, self._wake_w = os.pipe()
-            os.set_blocking(self._wake_r, False)
-            os.set_blocking(self._wake_w, False)
-            multi = pycurl.CurlMulti()
-            multi.setopt(pycurl.M_MAXCONNECTS, self.max_connections)
-            threading.Thread(
-                target=self._run,
-                args=(multi, self._queue, self._wake_r, self._wake_w),
-                name="bot-transfers",
-                daemon=True,
-            ).start()
+    # ------------------------------------------------------------ libcurl's callbacks (on the loop thread)
 
-    def _run(self, multi: pycurl.CurlMulti, inbox: queue.SimpleQueue, wake_r: int, wake_w: int) -> None:
+    def _on_socket(self, what: int, fd: int, multi: pycurl.CurlMulti, socketp: object) -> None:
+        if what == pycurl.POLL_REMOVE:
+            with contextlib.suppress(KeyError):
+                self._poll.unregister(fd)
+        else:
+            self._poll.register(fd, _POLL_EVENTS[what])  # registers, or changes the events of, ``fd``
+
+    def _on_timer(self, timeout_ms: int) -> None:
+        self._timer_at = None if timeout_ms < 0 else time.monotonic() + timeout_ms / 1000
+
+    # ------------------------------------------------------------ the loop
+
+    def _run(self) -> None:
         try:
-            while self._loop_once(multi, inbox, wake_r):
-                pass
+            while self._take_new():
+                self._wait_and_act()
+                self._finish_done()
+        except Exception:
+            log.exception("transfer loop failed; its exchanges are abandoned")
         finally:
-            multi.close()
-            os.close(wake_r)
-            os.close(wake_w)
+            for handle in list(self._done):
+                self._multi.remove_handle(handle)
+                handle.close()
+            self._multi.close()
+            with self.lock:
+                for handle in self.free:
+                    handle.close()
+                self.free.clear()
 
-    def _loop_once(self, multi: pycurl.CurlMulti, inbox: queue.SimpleQueue, wake_r: int) -> bool:
+    def _take_new(self) -> bool:
+        """Add the exchanges started since the last pass; False once asked to stop."""
         while True:
             try:
-                entry = inbox.get_nowait()
+                entry = self._queue.get_nowait()
             except queue.Empty:
-                break
+                return True
             if entry is None:
                 return False
             handle, done = entry
             self._done[handle] = done
-            multi.add_handle(handle)
-        while multi.perform()[0] == pycurl.E_CALL_MULTI_PERFORM:
-            pass
-        self._finish_done(multi)
-        read, write, error = multi.fdset()
+            self._multi.add_handle(handle)  # libcurl sets a timer at once: the next pass starts it
+
+    def _wait_and_act(self) -> None:
         self._sleeping = True
         try:
-            if inbox.empty():
-                wait = multi.timeout()  # ms until libcurl has something to do (a timeout), -1: none
-                if wait < 0:
-                    timeout = 1.0 if self._done else None  # nothing in flight: sleep until woken
-                else:
-                    timeout = min(wait / 1000, 1.0)
-                select.select([*read, wake_r], write, error, timeout)
-                with contextlib.suppress(BlockingIOError):
-                    os.read(wake_r, 4096)
+            if self._queue.empty():
+                timeout = None
+                if self._timer_at is not None:
+                    timeout = max(0, int((self._timer_at - time.monotonic()) * 1000 + 0.999))
+                events = self._poll.poll(timeout)
+            else:
+                events = self._poll.poll(0)
         finally:
             self._sleeping = False
-        return True
+        for fd, event in events:
+            if fd == self._wake_r:
+                with contextlib.suppress(BlockingIOError):
+                    os.read(self._wake_r, 4096)
+                continue
+            mask = 0
+            if event & (select.POLLIN | select.POLLHUP):
+                mask |= pycurl.CSELECT_IN
+            if event & select.POLLOUT:
+                mask |= pycurl.CSELECT_OUT
+            if event & (select.POLLERR | select.POLLNVAL):
+                mask |= pycurl.CSELECT_ERR
+            self._socket_action(fd, mask)
+        if self._timer_at is not None and time.monotonic() >= self._timer_at:
+            self._timer_at = None
+            self._socket_action(pycurl.SOCKET_TIMEOUT, 0)
 
-    def _finish_done(self, multi: pycurl.CurlMulti) -> None:
+    def _socket_action(self, fd: int, mask: int) -> None:
+        while self._multi.socket_action(fd, mask)[0] == pycurl.E_CALL_MULTI_PERFORM:
+            pass
+
+    def _finish_done(self) -> None:
         while True:
-            queued, finished, failed = multi.info_read()
+            queued, finished, failed = self._multi.info_read()
             for handle in finished:
-                self._complete(multi, handle, None, reuse=True)
+                self._complete(handle, None, reuse=True)
             for handle, code, text in failed:
                 # A connection in an unknown state is not reused: the handle is closed.
-                self._complete(multi, handle, TransportError(f"curl error {code}: {text}"), reuse=False)
+                self._complete(handle, TransportError(f"curl error {code}: {text}"), reuse=False)
             if not queued:
                 return
 
-    def _complete(
-        self, multi: pycurl.CurlMulti, handle: pycurl.Curl, error: TransportError | None, *, reuse: bool
-    ) -> None:
-        multi.remove_handle(handle)
+    def _complete(self, handle: pycurl.Curl, error: TransportError | None, *, reuse: bool) -> None:
+        self._multi.remove_handle(handle)
         done = self._done.pop(handle)
-        with self._lock:
+        with self.lock:
             self.in_flight -= 1
         try:
             done(handle, error)
         except Exception:
             log.exception("transfer: its completion raised")
         if reuse:
-            with self._lock:
-                self._free.append(handle)
+            with self.lock:
+                self.free.append(handle)
         else:
             handle.close()
+
+
+def _close_all(*fds: int) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)

@@ -46,6 +46,7 @@ def test_local_mode_without_credentials():
         ({"CALLBACK_PATH": "callback"}, "CALLBACK_PATH"),
         ({"HANDLER_THREADS": "0"}, "HANDLER_THREADS"),
         ({"HANDLER_THREADS": "many"}, "HANDLER_THREADS"),
+        ({"MAX_IN_FLIGHT": "0"}, "MAX_IN_FLIGHT"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
