@@ -568,6 +568,18 @@ class Journal:
             ),
         )
 
+    def hasten_retries(self, later_than: float, to: float) -> int:
+        """Make replies waiting for a retry due after ``later_than`` due at ``to`` instead; returns how many.
+
+        What a stopping process does with retries that would come due after
+        its drain deadline: one more try now rather than a reply left behind
+        in the journal of a host that may not come back.
+        """
+        with self._write() as con:
+            return con.execute(
+                "UPDATE outbox SET not_before = ? WHERE owner IS NULL AND not_before > ?", (to, later_than)
+            ).rowcount
+
     def next_due(self) -> float | None:
         """When the earliest waiting reply that heads its lane becomes due (None if none waits).
 

@@ -1,17 +1,20 @@
 """The embedded delivery pipeline: acknowledge at once, handle and send in the background.
 
 The request thread records the callback in the :class:`~bot.journal.Journal`
-and returns; nothing slow happens before the 200. Two pools of threads per
-process do the rest:
+and returns; nothing slow happens before the 200. Then, per process:
 
-* handler threads run the dispatcher for a message and post the replies it
-  returned themselves, in order, while nothing of the conversation waits in
-  the outbox (the common case: no journal write per reply); then the message
-  leaves the inbox. Replies sent with ``msg.reply()`` while the handler goes
-  on are journaled first, so that a re-run after a crash skips them. A
-  reply whose attempt fails with something that may pass (429, 5xx,
-  network) is journaled in the outbox with a due time, and so are the
-  message's later replies, so the thread moves on at once;
+* handler threads run the dispatcher for a message. The replies its handler
+  returned are handed, in order, to the sender's transfer thread
+  (bot/transfers.py: one libcurl multi handle drives every request in
+  flight), which posts them one after the other and then finishes the
+  message (it leaves the inbox; the conversation's next message goes to a
+  handler thread). That needs no journal write per reply and no thread
+  blocked per request. Senders without ``start()`` (local mode) are posted
+  to by the handler thread itself, as is a message over ``max_in_flight``.
+  Replies sent with ``msg.reply()`` while the handler goes on are journaled
+  first, so that a re-run after a crash skips them. A reply whose attempt
+  fails with something that may pass (429, 5xx, network) is journaled in
+  the outbox with a due time, and so are the message's later replies;
 * sender threads post what is in the outbox, one attempt each; a failure
   that may pass puts the reply back with a due time while its
   conversation's lane waits; a final failure becomes a dead letter.
@@ -20,7 +23,8 @@ Work is handed to the pools directly when a lane is free (the common case,
 no extra round trip); a claimer thread picks up everything else: messages
 whose lane was busy, retries coming due, rows of processes that died, rows
 of other processes on the host. Per-conversation order holds across
-processes because every claim goes through the journal's lane rule.
+processes because every claim goes through the journal's lane rule, and a
+message holds its lane until its replies are in.
 """
 
 from __future__ import annotations
@@ -143,12 +147,24 @@ class Pipeline:
         self._wake.set()
         deadline = time.monotonic() + timeout
         wall_deadline = time.time() + timeout
+        # A reply whose retry would come due after the deadline is tried once more now instead (leaving it in the
+        # journal hands it to the next start, which may be on another host).
+        try:
+            hastened = self.journal.hasten_retries(later_than=wall_deadline - min(1.0, timeout / 2), to=time.time())
+        except sqlite3.Error as exc:
+            log.error("stopping: the journal cannot be written (%s); retries keep their times", exc)
+            hastened = 0
+        if hastened:
+            log.info("stopping: %d replies waiting for a retry are tried once more now", hastened)
+            self._note_retry(time.time())
         while True:
             # Messages no handler has started go back to the journal at once; replies keep being sent.
             self._give_back_unstarted(replies=False)
+            # The due time first: a reply claimed meanwhile holds a sender slot from before its claim until after
+            # it left the outbox, so it is then seen as busy (read the other way round, it could be neither).
+            due = self.journal.next_due()
             with self._lock:
                 busy = self._busy_handlers + self._busy_senders + self._in_flight
-            due = self.journal.next_due()
             drained = busy == 0 and (due is None or due > wall_deadline)
             if drained or time.monotonic() >= deadline:
                 break

@@ -484,3 +484,26 @@ def test_stop_leaves_a_message_whose_replies_are_in_flight_in_the_journal(tmp_pa
     depth = pipeline.journal.depth()
     assert (depth.inbox, depth.inbox_running) == (1, 1)  # claimed by this process: recovered once it is gone
     non_blocking.gate.set()
+
+
+def test_stop_tries_a_retry_due_after_the_deadline_once_more(tmp_path, sender, echo):
+    """Rather than leave the reply in the journal of a process that is going away (the next start may be on another
+    host), the drain tries it now."""
+    sender.fail("echo hi", ServerError("busy", status=503, retry_after=30))
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "hi")
+    assert wait_for(lambda: pipeline.journal.next_due() is not None)  # waiting ~30 s for its retry
+    assert pipeline.stop(timeout=5) is True
+    assert sender.texts() == ["echo hi"]
+    assert pipeline.journal.depth().outbox == 0
+
+
+def test_stop_leaves_a_retry_that_fails_again_in_the_journal(tmp_path, sender, echo):
+    sender.fail("echo hi", *[ServerError("busy", status=503, retry_after=30)] * 2)
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "hi")
+    assert wait_for(lambda: pipeline.journal.next_due() is not None)
+    assert pipeline.stop(timeout=2) is True  # tried once more; what is left waits past the deadline
+    assert sender.texts() == []
+    assert len(sender.attempts) == 2
+    assert pipeline.journal.depth().outbox == 1
