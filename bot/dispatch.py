@@ -108,8 +108,15 @@ class Dispatcher:
             return "1:1 message not addressed to the bot"
         return ""
 
-    def handle(self, msg: Message, deliver: Deliver | None = None) -> Outcome:
+    def handle(
+        self, msg: Message, deliver: Deliver | None = None, *, flush: Callable[[], None] | None = None
+    ) -> Outcome:
         """Run the handler for ``msg`` and hand the requests it causes to ``deliver``, in order.
+
+        The state the handler changed is saved after its replies went out, so
+        that a re-run after a crash starts from the state they answered: a
+        ``deliver`` that holds requests back to post them later passes
+        ``flush``, called before such a save, to post them now.
 
         Logs one line per message (its id, conversation, handler, outcome, replies and time).
         """
@@ -130,7 +137,7 @@ class Dispatcher:
                 resolution, status, code = None, "handler_error", type(error).__name__
             if resolution is not None:
                 handler = resolution.route.name
-                status, sent, code = self._handle(msg, resolution, deliver, msg._states)
+                status, sent, code = self._handle(msg, resolution, deliver, msg._states, flush)
                 if sent and self.loop_guard is not None:
                     self.loop_guard.answered(msg)
         outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
@@ -144,7 +151,12 @@ class Dispatcher:
         return outcome
 
     def _handle(
-        self, msg: Message, resolution: Resolution, deliver: Deliver, states: StateSession | None
+        self,
+        msg: Message,
+        resolution: Resolution,
+        deliver: Deliver,
+        states: StateSession | None,
+        flush: Callable[[], None] | None,
     ) -> tuple[str, int, str]:
         """Hooks, handler, replies, state: (status, requests sent, error code)."""
         turn = _Turn(self, msg, deliver)
@@ -168,6 +180,8 @@ class Dispatcher:
             self._on_error(turn, resolution, error)
         if states is not None:
             # After the replies went out (or were queued): a re-run after a crash starts from the same state.
+            if flush is not None and states.loaded:
+                flush()
             try:
                 states.save()
             except StateConflict as error:

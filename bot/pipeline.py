@@ -271,7 +271,7 @@ class Pipeline:
             self._current.handling = handling
             self._running.add(handling)
             try:
-                outcome = self.dispatcher.handle(msg, self.deliver)
+                outcome = self.dispatcher.handle(msg, self.deliver, flush=self._flush_chain)
             finally:
                 self._current.handling = None
                 self._running.discard(handling)
@@ -370,15 +370,25 @@ class Pipeline:
             if not inline:
                 self._in_flight += 1
         if inline:
-            handling = _Handling(item, inline=True)
-            for request in requests:
-                if handling.inline:
-                    self._send_inline(handling, request)
-                else:  # an attempt failed: the rest queue behind it in the journal
-                    self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False)
+            self._post_inline(_Handling(item, inline=True), requests)
             return self.journal.finish_inbox(item)
         _Chain(self, item, requests).next()
         return None
+
+    def _flush_chain(self) -> None:
+        """The dispatcher is about to save the state the handler changed: its replies go out first, from this
+        thread (bot.dispatch.Dispatcher.handle says why)."""
+        handling: _Handling | None = getattr(self._current, "handling", None)
+        if handling is not None and handling.chain:
+            requests, handling.chain = handling.chain, []
+            self._post_inline(handling, requests)
+
+    def _post_inline(self, handling: _Handling, requests: list[SendRequest]) -> None:
+        for request in requests:
+            if handling.inline:
+                self._send_inline(handling, request)
+            else:  # an attempt failed: the rest queue behind it in the journal
+                self.journal.add_reply(request, accepted_at=handling.item.accepted_at, claim=False)
 
     def _chain_done(self, item: InboxItem | None) -> None:
         """A message's replies are all posted (or queued for a retry): it leaves the inbox (transfer thread).

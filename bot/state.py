@@ -244,6 +244,11 @@ class StateSession:
             state = self._states[key] = State.load(self.store, key)
         return state
 
+    @property
+    def loaded(self) -> bool:
+        """Whether the handler used any state (only a state that was loaded can have changed)."""
+        return bool(self._states)
+
     def save(self) -> None:
         for state in self._states.values():
             state.save(ttl=self.ttl)

@@ -507,3 +507,28 @@ def test_stop_leaves_a_retry_that_fails_again_in_the_journal(tmp_path, sender, e
     assert sender.texts() == []
     assert len(sender.attempts) == 2
     assert pipeline.journal.depth().outbox == 1
+
+
+def test_state_is_saved_after_the_replies_went_out(tmp_path, sender):
+    """A crash between the two then re-runs the handler from the state its replies answered, not from the next."""
+    router = Router()
+
+    @router.fallback
+    def count(msg):
+        msg.state["n"] = msg.state.get("n", 0) + 1
+        return f"n={msg.state['n']}"
+
+    pipeline = make_pipeline(tmp_path, router, sender)
+    stored_at_send = []
+    attempt = sender.attempt
+
+    def attempt_and_look(request):
+        stored_at_send.append([json.loads(data) for (data,) in pipeline.journal.read("SELECT data FROM state")])
+        return attempt(request)
+
+    sender.attempt = attempt_and_look
+    submit(pipeline, "one")
+    submit(pipeline, "two")
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["n=1", "n=2"]
+    assert stored_at_send == [[], [{"n": 1}]]
