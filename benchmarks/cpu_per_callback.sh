@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # CPU per callback of the embedded mode, the figure benchmarks/RESULTS.md quotes for the hot path:
-# gunicorn (2 sync workers) with the echo bot against the harness's fake CometChat, wrk for 8 s, then the
-# user and system CPU of gunicorn's processes divided by the callbacks answered. Loopback only, bounded.
+# gunicorn (2 sync workers unless WORKERS says otherwise) with the echo bot against the harness's fake
+# CometChat, wrk for 8 s, then the user and system CPU of gunicorn's processes divided by the callbacks
+# answered. Loopback only, bounded.
 #
 #   PYTHON=/tmp/benchvenv/bin/python benchmarks/cpu_per_callback.sh          # fake API answering at once
 #   LATENCY_MS=100 benchmarks/cpu_per_callback.sh                            # ... after 100 ms
 #   ENV="HANDLER_THREADS=8" benchmarks/cpu_per_callback.sh                   # with other settings
+#   WORKERS="-w 2 -k gthread --threads 8" benchmarks/cpu_per_callback.sh     # gthread workers
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCH=${BENCH:-$ROOT/../shared/bench}
@@ -20,7 +22,7 @@ cd "$ROOT"
 env COMETCHAT_APP_ID=benchapp COMETCHAT_REGION=us COMETCHAT_API_KEY=bench-api-key COMETCHAT_BOT_UID=bot \
     COMETCHAT_API_BASE=http://127.0.0.1:18080/v3 CALLBACK_BASIC_AUTH=cometchat:bench-basic-pass \
     JOURNAL_PATH="$WORK/journal.sqlite3" ${ENV:-} \
-    "$PY" -m gunicorn -w 2 -b 127.0.0.1:18100 benchmarks.adapter:app >"$WORK/gunicorn.log" 2>&1 &
+    "$PY" -m gunicorn ${WORKERS:--w 2} -b 127.0.0.1:18100 benchmarks.adapter:app >"$WORK/gunicorn.log" 2>&1 &
 GUNICORN=$!
 for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18100/healthz && break; sleep 0.1; done
 AUTH=$("$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; print(payloads.basic_auth_header('cometchat', 'bench-basic-pass'))")
