@@ -328,27 +328,33 @@ class Pipeline:
         try:
             perform(self.sender, request, self.journal)
         except CometChatError as error:
-            wait = self.retry.delay(0, error)
-            if wait is None:
-                self.stats.count("dead_letter")
-                log.error(
-                    "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
-                    item.message_id, item.conversation, request.muid, error,
-                )  # fmt: skip
-                self.journal.dead_letter_request(request, error.code, str(error))
-                return
-            self.stats.count("retry")
-            log.warning(
-                "message %s in %s: reply attempt 1 failed (%s); retrying in %.2f s",
-                item.message_id, item.conversation, error.code, wait,
-            )  # fmt: skip
-            handling.inline = False  # this reply now heads the lane; the message's next replies queue behind it
-            due = time.time() + wait
-            self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
-            self._note_retry(due)
+            if self._first_attempt_failed(item, request, error):
+                handling.inline = False  # this reply now heads the lane; the message's next replies queue behind it
             return
         self.stats.sent(time.time() - item.accepted_at)
         self.metrics.delivered(item.accepted_at)
+
+    def _first_attempt_failed(self, item: InboxItem, request: SendRequest, error: CometChatError) -> bool:
+        """A reply posted without the outbox failed: it becomes a dead letter (False), or it waits in the outbox
+        for its retry, heading its conversation's lane (True: the message's later replies must queue behind)."""
+        wait = self.retry.delay(0, error)
+        if wait is None:
+            self.stats.count("dead_letter")
+            log.error(
+                "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
+                item.message_id, item.conversation, request.muid, error,
+            )  # fmt: skip
+            self.journal.dead_letter_request(request, error.code, str(error))
+            return False
+        self.stats.count("retry")
+        log.warning(
+            "message %s in %s: reply attempt 1 failed (%s); retrying in %.2f s",
+            item.message_id, item.conversation, error.code, wait,
+        )  # fmt: skip
+        due = time.time() + wait
+        self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
+        self._note_retry(due)
+        return True
 
     def _note_retry(self, due: float) -> None:
         if due < self._retry_at:
@@ -664,26 +670,10 @@ class _Chain:
     def _failed(self, request: SendRequest, error: CometChatError) -> bool:
         """A failed attempt: True to go on with the next reply (this one is a dead letter), False when it waits
         for a retry in the outbox, with the replies after it queued behind."""
-        p, item = self.pipeline, self.item
-        wait = p.retry.delay(0, error)
-        if wait is None:
-            p.stats.count("dead_letter")
-            log.error(
-                "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
-                item.message_id, item.conversation, request.muid, error,
-            )  # fmt: skip
-            p.journal.dead_letter_request(request, error.code, str(error))
+        if not self.pipeline._first_attempt_failed(self.item, request, error):
             return True
-        p.stats.count("retry")
-        log.warning(
-            "message %s in %s: reply attempt 1 failed (%s); retrying in %.2f s",
-            item.message_id, item.conversation, error.code, wait,
-        )  # fmt: skip
-        due = time.time() + wait
-        p.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
         while self.requests:
-            p.journal.add_reply(self.requests.popleft(), accepted_at=item.accepted_at, claim=False)
-        p._note_retry(due)
+            self.pipeline.journal.add_reply(self.requests.popleft(), accepted_at=self.item.accepted_at, claim=False)
         return False
 
 

@@ -15,6 +15,7 @@ from redis import Redis, RedisError
 
 import app as app_module
 import config
+from bot.client import CometChatClient, RetryPolicy
 from bot.factory import bot_app
 from bot.pipeline import Pipeline
 from tests.helpers import wait_for
@@ -136,3 +137,35 @@ def redis_url(redis_server) -> str:
     """The test redis-server, emptied for this test."""
     Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+# ------------------------------------------------------------------ CometChatClient against the HTTP fake
+
+
+@pytest.fixture
+def sleeps() -> list[float]:
+    """The waits the client asked for (instead of sleeping)."""
+    return []
+
+
+@pytest.fixture
+def make_client(httpserver: HTTPServer, sleeps):
+    """make_client(max_retries=3, base_url=..., timeout=5, **policy) -> a client whose sleeps are recorded."""
+    clients: list[CometChatClient] = []
+
+    def make(max_retries: int = 3, *, base_url: str | None = None, timeout: float = 5.0, **policy) -> CometChatClient:
+        retry = RetryPolicy(max_retries=max_retries, **policy)
+        client = CometChatClient(
+            base_url or httpserver.url_for("/v3"), API_KEY, timeout=timeout, retry=retry, sleep=sleeps.append
+        )
+        clients.append(client)
+        return client
+
+    yield make
+    for client in clients:
+        client.close()
+
+
+@pytest.fixture
+def client(make_client) -> CometChatClient:
+    return make_client()

@@ -56,35 +56,6 @@ NOT_RETRIED = [name for name, (*_, retried) in ERROR_SAMPLES.items() if not retr
 # ------------------------------------------------------------------ fixtures and helpers
 
 
-@pytest.fixture
-def sleeps() -> list[float]:
-    """The waits the client asked for (instead of sleeping)."""
-    return []
-
-
-@pytest.fixture
-def make_client(httpserver: HTTPServer, sleeps):
-    """make_client(max_retries=3, base_url=..., timeout=5, **policy) -> a client whose sleeps are recorded."""
-    clients: list[CometChatClient] = []
-
-    def make(max_retries: int = 3, *, base_url: str | None = None, timeout: float = 5.0, **policy) -> CometChatClient:
-        retry = RetryPolicy(max_retries=max_retries, **policy)
-        client = CometChatClient(
-            base_url or httpserver.url_for("/v3"), API_KEY, timeout=timeout, retry=retry, sleep=sleeps.append
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client) -> CometChatClient:
-    return make_client()
-
-
 def send_request(body: dict | None = None) -> SendRequest:
     return SendRequest(
         f"/bots/{BOT_UID}/messages", {**(body or BODY), "muid": "m-1"}, "9031", "alice_user_helpdesk-bot"

@@ -24,7 +24,7 @@ from werkzeug import Request, Response
 from bot import Text, api
 from bot import client as client_module
 from bot.api import SendRequest
-from bot.client import CometChatClient, RetryPolicy
+from bot.client import CometChatClient
 from bot.errors import CometChatError, NotFound, RateLimited, ServerError, TransportError
 from bot.replies import build_requests
 from bot.testing import make_message
@@ -52,28 +52,6 @@ class Outcomes:
             arrived = self._changed.wait_for(lambda: len(self.calls) >= count, timeout)
             assert arrived, f"done was called {len(self.calls)} times in {timeout}s, expected {count}"
             return list(self.calls)
-
-
-@pytest.fixture
-def make_client(httpserver: HTTPServer):
-    """make_client(base_url=..., timeout=5) -> a client (closed after the test) that never retries."""
-    clients: list[CometChatClient] = []
-
-    def make(*, base_url: str | None = None, timeout: float = 5.0) -> CometChatClient:
-        client = CometChatClient(
-            base_url or httpserver.url_for("/v3"), API_KEY, timeout=timeout, retry=RetryPolicy(max_retries=0)
-        )
-        clients.append(client)
-        return client
-
-    yield make
-    for client in clients:
-        client.close()
-
-
-@pytest.fixture
-def client(make_client) -> CometChatClient:
-    return make_client()
 
 
 @pytest.fixture(scope="module")
