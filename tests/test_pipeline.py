@@ -532,3 +532,32 @@ def test_state_is_saved_after_the_replies_went_out(tmp_path, sender):
     assert pipeline.wait_idle(10)
     assert sender.texts() == ["n=1", "n=2"]
     assert stored_at_send == [[], [{"n": 1}]]
+
+
+def test_the_next_message_waits_for_a_free_handler_thread_when_a_reply_finishes(tmp_path, non_blocking):
+    """The transfer thread finishes a message and claims the conversation's next one; with every handler thread
+    busy it gives that back to the journal, and the claimer hands it on once a thread is free."""
+    router, release = Router(), threading.Event()
+
+    @router.fallback
+    def handler(msg):
+        if msg.text == "slow":
+            release.wait(10)
+        return f"echo {msg.text}"
+
+    non_blocking.gate.clear()  # alice's first reply stays in flight
+    pipeline = make_pipeline(tmp_path, router, non_blocking, handler_threads=1)
+    submit(pipeline, "one", sender="alice")
+    assert wait_for(lambda: non_blocking.started == 1)
+    submit(pipeline, "two", sender="alice")  # waits in alice's lane
+    submit(pipeline, "slow", sender="bob")  # takes the only handler thread
+    assert wait_for(lambda: pipeline._busy_handlers == 1)
+    non_blocking.gate.set()  # "one" is delivered: "two" is claimed, but no handler thread is free
+    # "two" is given back to the journal (no owner) while "slow" runs.
+    lanes = "SELECT conversation, owner IS NULL FROM inbox ORDER BY seq"
+    assert wait_for(lambda: pipeline.journal.read(lanes) == [("alice_user_bot", 1), ("bob_user_bot", 0)])
+    assert non_blocking.texts() == ["echo one"]
+    release.set()
+    assert pipeline.wait_idle(10)
+    assert non_blocking.texts("alice_user_bot") == ["echo one", "echo two"]
+    assert non_blocking.texts("bob_user_bot") == ["echo slow"]
