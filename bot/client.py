@@ -69,16 +69,30 @@ def perform(sender: Sender, request: SendRequest, sent_log: SentLog) -> Any:
 
     Raises :class:`UnknownReference` (final) when the reply it refers to was never delivered.
     """
-    if request.ref:
-        record = sent_log.sent(request.ref)
-        if record is None:
-            raise UnknownReference(request.ref)
-        request = request.resolve(record.message_id)
+    request = resolve_ref(request, sent_log)
     result = sender.attempt(request)
+    remember_sent(request, result, sent_log)
+    return result
+
+
+def resolve_ref(request: SendRequest, sent_log: SentLog) -> SendRequest:
+    """``request`` with the CometChat id of the reply it refers to (``{ref}``) filled in, if it refers to one.
+
+    Raises :class:`UnknownReference` (final) when that reply was never delivered.
+    """
+    if not request.ref:
+        return request
+    record = sent_log.sent(request.ref)
+    if record is None:
+        raise UnknownReference(request.ref)
+    return request.resolve(record.message_id)
+
+
+def remember_sent(request: SendRequest, result: Any, sent_log: SentLog) -> None:
+    """Record the id CometChat gave a reply that later requests may refer to (``remember``)."""
     if request.remember and request.muid and isinstance(result, dict) and result.get("id") is not None:
         body = request.body if request.body.get("category") == "interactive" else None
         sent_log.remember_sent(request.muid, str(result["id"]), request.conversation_id, body)
-    return result
 
 
 @dataclass(frozen=True)

@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .api import SendRequest
-from .client import RetryPolicy, Sender, perform
+from .client import RetryPolicy, Sender, perform, remember_sent, resolve_ref
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable, UnknownReference
 from .journal import Depth, InboxItem, Journal, OutboxItem
@@ -400,11 +400,14 @@ class Pipeline:
         """A message's replies are all posted (or queued for a retry): it leaves the inbox (transfer thread).
 
         ``None``: its chain broke on a journal error; the message stays claimed in the journal (recovered at
-        the next start) and only stops counting as in flight.
+        the next start) and only stops counting as in flight. Never raises: it ends the chain.
         """
         try:
             if item is not None:
                 self._hand_on(self.journal.finish_inbox(item))
+        except Exception:
+            log.exception("message %s in %s: journal error; the message stays in the journal", item.message_id,
+                          item.conversation)  # fmt: skip
         finally:
             with self._lock:
                 self._in_flight -= 1
@@ -631,13 +634,12 @@ class _Chain:
         p = self.pipeline
         while self.requests:
             request = self.requests.popleft()
-            if request.ref:
-                record = p.journal.sent(request.ref)
-                if record is None:
-                    if self._failed(request, UnknownReference(request.ref)):
-                        continue
-                    break
-                request = request.resolve(record.message_id)
+            try:
+                request = resolve_ref(request, p.journal)
+            except UnknownReference as error:  # final: a dead letter, and the next reply goes on
+                if self._failed(request, error):
+                    continue
+                break
             self.request = request
             assert p._start is not None
             p._start(request, self._answered)
@@ -660,9 +662,7 @@ class _Chain:
             p._chain_done(item)  # it and the replies after it wait in the outbox
             return
         if error is None:
-            if request.remember and request.muid and isinstance(data, dict) and data.get("id") is not None:
-                body = request.body if request.body.get("category") == "interactive" else None
-                p.journal.remember_sent(request.muid, str(data["id"]), request.conversation_id, body)
+            remember_sent(request, data, p.journal)
             p.stats.sent(time.time() - item.accepted_at)
             p.metrics.delivered(item.accepted_at)
         self._next()
