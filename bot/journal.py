@@ -435,6 +435,24 @@ class Journal:
         )
         return _inbox_item(rows[0]) if rows else None
 
+    def finish_many(self, items: Sequence[InboxItem]) -> list[InboxItem]:
+        """Drop several handled messages in one transaction; returns the next messages of their conversations
+        that this claimed for this process (trigger inbox_next), as :meth:`finish_inbox` does for one."""
+        if len(items) == 1:
+            following = self.finish_inbox(items[0])
+            return [] if following is None else [following]
+        with self._write() as con:
+            con.executemany("DELETE FROM inbox WHERE seq = ?", [(item.seq,) for item in items])
+            # A conversation's only claimed row is its lane's head: for these, the one the trigger just claimed.
+            conversations = sorted({item.conversation for item in items})
+            rows = con.execute(
+                "SELECT seq, conversation, message_id, body, attempts, accepted_at,"
+                " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation) FROM inbox"
+                f" WHERE owner = ? AND conversation IN ({','.join('?' * len(conversations))}) ORDER BY seq",
+                (self.owner, *conversations),
+            ).fetchall()
+        return [_inbox_item(row) for row in rows]
+
     def dead_letter_message(self, item: InboxItem, error: str) -> InboxItem | None:
         """Give up on a message whose handler kept killing its process; claims the lane's next message."""
         with self._write() as con:

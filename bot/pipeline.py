@@ -112,6 +112,9 @@ class Pipeline:
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._in_flight = 0  # messages whose replies are being posted after their handler returned
+        # Messages whose replies are in, for the finisher thread to take out of the inbox (several per transaction).
+        self._finished: deque[InboxItem] = deque()
+        self._finish_wake = threading.Event()
         self._current = threading.local()  # the _Handling of the message a handler thread is working on
         self._running: set[_Handling] = set()  # every message a handler runs now (for the slow-handler warning)
 
@@ -125,9 +128,11 @@ class Pipeline:
             self._pid = os.getpid()
             self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = self._in_flight = 0
+            self._finished.clear()  # after a fork: the parent's, not this process's
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
             threading.Thread(target=self._claim_loop, name="bot-claimer", daemon=True).start()
+            threading.Thread(target=self._finish_loop, name="bot-finisher", daemon=True).start()
         Pipeline.instances.add(self)
         self.journal.recover()
         self._wake.set()
@@ -171,6 +176,7 @@ class Pipeline:
             with self._lock:
                 self._idle.wait(min(0.05, max(0.0, deadline - time.monotonic())))
         self._closed = True
+        self._finish_wake.set()
         self._give_back_unstarted(replies=True)
         self._handlers.close()
         self._senders.close()
@@ -397,21 +403,52 @@ class Pipeline:
                 self.journal.add_reply(request, accepted_at=handling.item.accepted_at, claim=False)
 
     def _chain_done(self, item: InboxItem | None) -> None:
-        """A message's replies are all posted (or queued for a retry): it leaves the inbox (transfer thread).
+        """A message's replies are all posted (or queued for a retry): the finisher thread takes it out of the
+        inbox. The transfer thread does no journal write itself: each would let other threads take the GIL
+        from it, and it is the one thread that drives every request in flight.
 
         ``None``: its chain broke on a journal error; the message stays claimed in the journal (recovered at
-        the next start) and only stops counting as in flight. Never raises: it ends the chain.
+        the next start) and only stops counting as in flight.
         """
+        if item is None:
+            self._no_longer_in_flight(1)
+            return
+        self._finished.append(item)
+        self._finish_wake.set()
+
+    def _finish_loop(self) -> None:
+        """The finisher thread: messages whose replies are in leave the inbox, all that are ready in one go."""
+        while True:
+            self._finish_wake.wait(self.options.poll_interval)
+            self._finish_wake.clear()
+            batch = []
+            while self._finished:
+                batch.append(self._finished.popleft())
+            if batch:
+                self._finish(batch)
+            elif self._closed:
+                return
+
+    def _finish(self, batch: list[InboxItem]) -> None:
         try:
-            if item is not None:
-                self._hand_on(self.journal.finish_inbox(item))
+            following = self.journal.finish_many(batch)
         except Exception:
-            log.exception("message %s in %s: journal error; the message stays in the journal", item.message_id,
-                          item.conversation)  # fmt: skip
+            log.exception("%d messages whose replies were delivered: journal error; they stay in the journal "
+                          "(handled again after a restart)", len(batch))  # fmt: skip
+            following = []
         finally:
-            with self._lock:
-                self._in_flight -= 1
-                self._idle.notify_all()
+            self._no_longer_in_flight(len(batch))
+        for item in following:
+            try:
+                self._hand_on(item)
+            except Exception:
+                log.exception("message %s in %s: journal error; it stays in the journal", item.message_id,
+                              item.conversation)  # fmt: skip
+
+    def _no_longer_in_flight(self, count: int) -> None:
+        with self._lock:
+            self._in_flight -= count
+            self._idle.notify_all()
 
     def _hand_on(self, item: InboxItem | None) -> None:
         """Give the conversation's next message (claimed by finishing the last one) to a handler thread."""

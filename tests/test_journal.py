@@ -298,3 +298,14 @@ def test_a_journal_of_the_first_version_is_brought_up_to_date(tmp_path):
     assert journal.finish_inbox(waiting).message_id == "new"  # the lane goes on
     journal.add_reply(reply("new"), accepted_at=time.time(), claim=False)
     assert journal.claim_replies(1)[0].request.body["muid"] == "new-0"
+
+
+def test_finish_many_drops_messages_and_claims_their_lanes_next_ones(journal):
+    first_a, first_b, only_c = accept(journal, "1", "a"), accept(journal, "2", "b"), accept(journal, "3", "c")
+    accept(journal, "4", "a")
+    accept(journal, "5", "b")
+    following = journal.finish_many([first_a, first_b, only_c])
+    assert [(item.message_id, item.conversation, item.attempts) for item in following] == [("4", "a", 1), ("5", "b", 1)]
+    assert journal.depth().inbox == journal.depth().inbox_running == 2
+    assert journal.finish_many(following) == []
+    assert journal.depth().inbox == 0

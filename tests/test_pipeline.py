@@ -566,17 +566,17 @@ def test_the_next_message_waits_for_a_free_handler_thread_when_a_reply_finishes(
 
 def test_a_journal_error_after_the_replies_leaves_the_message_in_the_journal(tmp_path, non_blocking, echo, caplog):
     pipeline = make_pipeline(tmp_path, echo, non_blocking)
-    finish = pipeline.journal.finish_inbox
+    finish = pipeline.journal.finish_many
     failures = [sqlite3.OperationalError("disk I/O error")]
 
-    def finish_or_fail(item):
+    def finish_or_fail(items):
         if failures:
             raise failures.pop()
-        return finish(item)
+        return finish(items)
 
-    pipeline.journal.finish_inbox = finish_or_fail
+    pipeline.journal.finish_many = finish_or_fail
     submit(pipeline, "hi")
     assert wait_for(lambda: non_blocking.texts() == ["echo hi"] and pipeline._in_flight == 0)
-    assert "journal error; the message stays in the journal" in caplog.text
+    assert "journal error; they stay in the journal" in caplog.text
     assert pipeline.stop(timeout=2) is True  # nothing counts as running any more
     assert pipeline.journal.depth().inbox_running == 1  # claimed: handled again after a restart
