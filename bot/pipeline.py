@@ -6,10 +6,11 @@ and returns; nothing slow happens before the 200. Then, per process:
 * handler threads run the dispatcher for a message. The replies its handler
   returned are handed, in order, to the sender's transfer thread
   (bot/transfers.py: one libcurl multi handle drives every request in
-  flight), which posts them one after the other and then finishes the
-  message (it leaves the inbox; the conversation's next message goes to a
-  handler thread). That needs no journal write per reply and no thread
-  blocked per request. Senders without ``start()`` (local mode) are posted
+  flight), which posts them one after the other; then a finisher thread
+  takes the message out of the inbox (with the others that are done, in
+  one transaction) and gives the conversation's next message to a handler
+  thread. That needs no journal write per reply and no thread blocked per
+  request. Senders without ``start()`` (local mode) are posted
   to by the handler thread itself, as is a message over ``max_in_flight``.
   Replies sent with ``msg.reply()`` while the handler goes on are journaled
   first, so that a re-run after a crash skips them. A reply whose attempt
@@ -370,7 +371,7 @@ class Pipeline:
     # ------------------------------------------------------------ replies posted without a thread each
 
     def _post_chain(self, item: InboxItem, requests: list[SendRequest]) -> InboxItem | None:
-        """Post a handled message's replies one after the other on the transfer thread; then finish it there.
+        """Post a handled message's replies one after the other on the transfer thread; the finisher ends it.
 
         When ``max_in_flight`` messages are being posted already, this
         handler thread posts them itself (blocking): the back-pressure that
