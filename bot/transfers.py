@@ -72,10 +72,10 @@ class Transfers:
     def start(self, handle: pycurl.Curl, done: Done) -> None:
         """Run the prepared ``handle``'s exchange on the loop thread; ``done`` is called there when it ends."""
         loop = self._loop
-        if loop is None or loop.pid != os.getpid():  # not started yet, closed, or the parent's before a fork
+        if loop is None or loop.pid != os.getpid() or not loop.alive:  # not started, closed, failed, or forked
             with self._lock:
                 loop = self._loop
-                if loop is None or loop.pid != os.getpid():
+                if loop is None or loop.pid != os.getpid() or not loop.alive:
                     loop = self._loop = _Loop(self.max_connections)
         loop.start(handle, done)
 
@@ -95,6 +95,7 @@ class _Loop:
         self.lock = threading.Lock()
         self.free: list[pycurl.Curl] = []  # handles done with, for reuse
         self.in_flight = 0
+        self.alive = True  # False once its thread has ended (stopped, or failed: a new loop takes over)
         self._queue: queue.SimpleQueue[tuple[pycurl.Curl, Done] | None] = queue.SimpleQueue()
         self._sleeping = False
         self._wake_r, self._wake_w = os.pipe()
@@ -148,13 +149,18 @@ class _Loop:
     # ------------------------------------------------------------ the loop
 
     def _run(self) -> None:
+        failure: TransportError | None = None
         try:
             while self._take_new():
                 self._wait_and_act()
                 self._finish_done()
-        except Exception:
-            log.exception("transfer loop failed; its exchanges are abandoned")
+        except Exception as exc:
+            log.exception("transfer loop failed; its exchanges fail as transport errors, new ones get a new loop")
+            failure = TransportError(f"the transfer loop failed: {exc!r}")
         finally:
+            self.alive = False
+            if failure is not None:
+                self._fail_all(failure)
             for handle in list(self._done):
                 self._multi.remove_handle(handle)
                 handle.close()
@@ -163,6 +169,24 @@ class _Loop:
                 for handle in self.free:
                     handle.close()
                 self.free.clear()
+
+    def _fail_all(self, failure: TransportError) -> None:
+        """Tell every exchange of a failed loop, started or still queued, that it failed (so it is retried)."""
+        waiting = list(self._done.items())
+        while True:
+            try:
+                entry = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if entry is not None:
+                waiting.append(entry)
+        for handle, done in waiting:
+            with self.lock:
+                self.in_flight -= 1
+            try:
+                done(handle, failure)
+            except Exception:
+                log.exception("transfer: its completion raised")
 
     def _take_new(self) -> bool:
         """Add the exchanges started since the last pass; False once asked to stop."""

@@ -21,7 +21,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from bot import Text, api
+from bot import Text, api, transfers
 from bot import client as client_module
 from bot.api import SendRequest
 from bot.client import CometChatClient
@@ -491,3 +491,41 @@ def test_connections_above_descriptor_1024_are_answered(make_client, threaded):
         # The fake closes every connection: each of these gets a new socket, numbered above 1024.
         outcomes = [outcome(client, send_request()) for _ in range(2)]
     assert outcomes == [({"id": "1"}, None)] * 2
+
+
+def test_a_failed_loop_fails_its_exchanges_and_the_next_request_gets_a_new_loop(
+    make_client, threaded, monkeypatch, caplog
+):
+    """A bug in the loop must not leave requests waiting forever: theirs fail as transport errors (the pipeline
+    retries those), and the client starts a new loop for what comes next."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def stall(request: Request) -> Response:
+        arrived.set()
+        release.wait(5)
+        return Response('{"data": {"id": "1"}}', content_type="application/json")
+
+    threaded.expect_request(f"/v3/bots/{BOT_UID}").respond_with_json({"data": {"uid": BOT_UID}})
+    threaded.expect_request(SEND_PATH).respond_with_handler(stall)
+    client = make_client(base_url=threaded.url_for("/v3"))
+    first = the_transfer_thread(client)
+    outcomes = Outcomes()
+    try:
+        client.start(send_request(), outcomes)
+        assert arrived.wait(5)
+        wait_and_act = transfers._Loop._wait_and_act
+
+        def fail_once(loop):
+            monkeypatch.setattr(transfers._Loop, "_wait_and_act", wait_and_act)
+            raise RuntimeError("a bug in the loop")
+
+        monkeypatch.setattr(transfers._Loop, "_wait_and_act", fail_once)
+        client.start(api.get_bot(BOT_UID), Outcomes())  # wakes the loop, which then fails
+        [(data, error, _)] = outcomes.wait()
+    finally:
+        release.set()
+    assert data is None and isinstance(error, TransportError) and "a bug in the loop" in str(error)
+    assert "transfer loop failed" in caplog.text
+    assert wait_for(lambda: not first.is_alive())
+    assert the_transfer_thread(client) is not first  # a new loop, and it works
+    assert client.in_flight == 0
