@@ -71,6 +71,23 @@ def threaded(threaded_server: HTTPServer) -> HTTPServer:
     return threaded_server
 
 
+@pytest.fixture
+def stalled(threaded: HTTPServer) -> Iterator[threading.Event]:
+    """The threaded fake holds every message post until the test ends (``GET /bots/{uid}``, which
+    :func:`the_transfer_thread` uses, is answered at once); yields the event set when a post arrived."""
+    arrived, release = threading.Event(), threading.Event()
+
+    def stall(request: Request) -> Response:
+        arrived.set()
+        release.wait(5)
+        return Response('{"data": {"id": "1"}}', content_type="application/json")
+
+    threaded.expect_request(f"/v3/bots/{BOT_UID}").respond_with_json({"data": {"uid": BOT_UID}})
+    threaded.expect_request(SEND_PATH).respond_with_handler(stall)
+    yield arrived
+    release.set()
+
+
 def outcome(client: CometChatClient, request: SendRequest) -> tuple[Any, CometChatError | None]:
     """start(request) and wait for its single done call: (data, error)."""
     outcomes = Outcomes()
@@ -424,27 +441,15 @@ def test_close_ends_the_transfer_thread(make_client, httpserver):
     assert wait_for(lambda: thread not in threading.enumerate(), 5), "the transfer thread outlived close()"
 
 
-def test_close_abandons_the_exchanges_in_flight(make_client, threaded):
+def test_close_abandons_the_exchanges_in_flight(make_client, threaded, stalled):
     """Documented: closing does not wait for, nor answer, what is in flight."""
-    arrived, release = threading.Event(), threading.Event()
-
-    def stall(request: Request) -> Response:
-        arrived.set()
-        release.wait(5)
-        return Response('{"data": {"id": "1"}}', content_type="application/json")
-
-    threaded.expect_request(f"/v3/bots/{BOT_UID}").respond_with_json({"data": {"uid": BOT_UID}})
-    threaded.expect_request(SEND_PATH).respond_with_handler(stall)
     client = make_client(base_url=threaded.url_for("/v3"))
     thread = the_transfer_thread(client)
     outcomes = Outcomes()
-    try:
-        client.start(send_request(), outcomes)
-        assert arrived.wait(5)
-        client.close()
-        assert wait_for(lambda: not thread.is_alive(), 5)
-    finally:
-        release.set()
+    client.start(send_request(), outcomes)
+    assert stalled.wait(5)
+    client.close()
+    assert wait_for(lambda: not thread.is_alive(), 5)
     assert outcomes.calls == []  # its thread is gone: done can no longer be called
 
 
@@ -494,36 +499,24 @@ def test_connections_above_descriptor_1024_are_answered(make_client, threaded):
 
 
 def test_a_failed_loop_fails_its_exchanges_and_the_next_request_gets_a_new_loop(
-    make_client, threaded, monkeypatch, caplog
+    make_client, threaded, stalled, monkeypatch, caplog
 ):
     """A bug in the loop must not leave requests waiting forever: theirs fail as transport errors (the pipeline
     retries those), and the client starts a new loop for what comes next."""
-    arrived, release = threading.Event(), threading.Event()
-
-    def stall(request: Request) -> Response:
-        arrived.set()
-        release.wait(5)
-        return Response('{"data": {"id": "1"}}', content_type="application/json")
-
-    threaded.expect_request(f"/v3/bots/{BOT_UID}").respond_with_json({"data": {"uid": BOT_UID}})
-    threaded.expect_request(SEND_PATH).respond_with_handler(stall)
     client = make_client(base_url=threaded.url_for("/v3"))
     first = the_transfer_thread(client)
     outcomes = Outcomes()
-    try:
-        client.start(send_request(), outcomes)
-        assert arrived.wait(5)
-        wait_and_act = transfers._Loop._wait_and_act
+    client.start(send_request(), outcomes)
+    assert stalled.wait(5)
+    wait_and_act = transfers._Loop._wait_and_act
 
-        def fail_once(loop):
-            monkeypatch.setattr(transfers._Loop, "_wait_and_act", wait_and_act)
-            raise RuntimeError("a bug in the loop")
+    def fail_once(loop):
+        monkeypatch.setattr(transfers._Loop, "_wait_and_act", wait_and_act)
+        raise RuntimeError("a bug in the loop")
 
-        monkeypatch.setattr(transfers._Loop, "_wait_and_act", fail_once)
-        client.start(api.get_bot(BOT_UID), Outcomes())  # wakes the loop, which then fails
-        [(data, error, _)] = outcomes.wait()
-    finally:
-        release.set()
+    monkeypatch.setattr(transfers._Loop, "_wait_and_act", fail_once)
+    client.start(api.get_bot(BOT_UID), Outcomes())  # wakes the loop, which then fails
+    [(data, error, _)] = outcomes.wait()
     assert data is None and isinstance(error, TransportError) and "a bug in the loop" in str(error)
     assert "transfer loop failed" in caplog.text
     assert wait_for(lambda: not first.is_alive())
