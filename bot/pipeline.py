@@ -52,6 +52,7 @@ from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
 from .schemas import parse_stored
+from .threads import start_background
 
 log = logging.getLogger(__name__)
 
@@ -132,8 +133,8 @@ class Pipeline:
             self._finished.clear()  # after a fork: the parent's, not this process's
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
-            threading.Thread(target=self._claim_loop, name="bot-claimer", daemon=True).start()
-            threading.Thread(target=self._finish_loop, name="bot-finisher", daemon=True).start()
+            start_background(self._claim_loop, "bot-claimer")
+            start_background(self._finish_loop, "bot-finisher")
         Pipeline.instances.add(self)
         self.journal.recover()
         self._wake.set()
@@ -764,9 +765,7 @@ class _Pool(Generic[T]):
         self._queue.put(item)
         with self._lock:
             if self._idle == 0 and len(self._threads) < self.size:
-                thread = threading.Thread(target=self._run, name=f"{self.name}-{len(self._threads)}", daemon=True)
-                self._threads.append(thread)
-                thread.start()
+                self._threads.append(start_background(self._run, f"{self.name}-{len(self._threads)}"))
 
     def take_queued(self) -> list[T]:
         """Remove and return the items no thread has started yet."""

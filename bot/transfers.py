@@ -34,6 +34,7 @@ from collections.abc import Callable
 import pycurl
 
 from .errors import TransportError
+from .threads import start_background
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,7 @@ class _Loop:
         self._multi.setopt(pycurl.M_MAXCONNECTS, max_connections)
         self._multi.setopt(pycurl.M_SOCKETFUNCTION, self._on_socket)
         self._multi.setopt(pycurl.M_TIMERFUNCTION, self._on_timer)
-        threading.Thread(target=self._run, name="bot-transfers", daemon=True).start()
+        start_background(self._run, "bot-transfers")
 
     def start(self, handle: pycurl.Curl, done: Done) -> None:
         with self.lock:

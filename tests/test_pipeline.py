@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -580,3 +581,17 @@ def test_a_journal_error_after_the_replies_leaves_the_message_in_the_journal(tmp
     assert "journal error; they stay in the journal" in caplog.text
     assert pipeline.stop(timeout=2) is True  # nothing counts as running any more
     assert pipeline.journal.depth().inbox_running == 1  # claimed: handled again after a restart
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_the_pipeline_threads_do_not_preempt_the_request_thread(tmp_path, sender, echo):
+    # bot/threads.py: claimer, finisher and handler threads run as batch threads, the caller of submit() does not.
+    before = set(threading.enumerate())
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "hi")
+    assert pipeline.wait_idle(5)
+    started = {t.name: t for t in set(threading.enumerate()) - before if t.name.startswith("bot-")}
+    assert {"bot-claimer", "bot-finisher", "bot-handler-0"} <= set(started)
+    policies = {name: os.sched_getscheduler(t.native_id) for name, t in started.items()}
+    assert policies == dict.fromkeys(started, os.SCHED_BATCH)
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER

@@ -248,6 +248,8 @@ def test_done_is_called_on_one_transfer_thread_not_the_callers(client, httpserve
     [thread] = threads
     assert thread is not threading.current_thread()
     assert thread.name == "bot-transfers" and thread.daemon
+    if hasattr(os, "SCHED_BATCH"):  # bot/threads.py: waking it must not preempt a request thread
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
 
 
 def test_in_flight_counts_the_requests_started_and_not_answered(make_client, threaded):

@@ -1,0 +1,58 @@
+"""bot/threads.py: background threads run under SCHED_BATCH, so waking them does not preempt the request thread."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import pytest
+
+from bot.threads import start_background, use_background_policy
+
+linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+
+
+def run_in_background() -> tuple[threading.Thread, int]:
+    """Start a background thread that reports its own scheduling policy; returns the thread and the policy."""
+    seen: list[int] = []
+    thread = start_background(lambda: seen.append(os.sched_getscheduler(0)), "bot-test")
+    thread.join(5)
+    assert not thread.is_alive()
+    return thread, seen[0]
+
+
+@linux_only
+def test_a_background_thread_runs_as_a_batch_thread():
+    thread, policy = run_in_background()
+    assert policy == os.SCHED_BATCH
+    assert thread.daemon and thread.name == "bot-test"
+
+
+@linux_only
+def test_the_starting_thread_keeps_its_policy():
+    before = os.sched_getscheduler(0)
+    run_in_background()
+    assert os.sched_getscheduler(0) == before == os.SCHED_OTHER
+
+
+@linux_only
+def test_the_policy_is_per_thread():
+    results: list[tuple[bool, int]] = []
+
+    def other() -> None:  # a plain thread switching itself does not change the caller either
+        results.append((use_background_policy(), os.sched_getscheduler(0)))
+
+    thread = threading.Thread(target=other)
+    thread.start()
+    thread.join(5)
+    assert results == [(True, os.SCHED_BATCH)]
+    assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def test_without_the_policy_the_thread_runs_as_usual(monkeypatch):
+    # What macOS and Windows look like: the call does not exist. The work must run all the same.
+    monkeypatch.delattr(os, "sched_setscheduler", raising=False)
+    assert use_background_policy() is False
+    ran = threading.Event()
+    start_background(ran.set, "bot-test").join(5)
+    assert ran.is_set()
