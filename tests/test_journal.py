@@ -309,3 +309,28 @@ def test_finish_many_drops_messages_and_claims_their_lanes_next_ones(journal):
     assert journal.depth().inbox == journal.depth().inbox_running == 2
     assert journal.finish_many(following) == []
     assert journal.depth().inbox == 0
+
+
+def page_size(path) -> int:
+    with sqlite3.connect(path) as con:
+        return con.execute("PRAGMA page_size").fetchone()[0]
+
+
+def test_a_new_journal_uses_small_pages(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    accept(journal, "m1")
+    assert page_size(tmp_path / "j.sqlite3") == 1024
+    with sqlite3.connect(tmp_path / "j.sqlite3") as con:
+        assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_a_journal_with_other_pages_keeps_them_and_works(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    with sqlite3.connect(path) as con:  # an older journal: 4 KB pages, WAL mode, already has a table
+        con.execute("PRAGMA page_size=4096")
+        con.execute("PRAGMA journal_mode=WAL")
+        con.execute("CREATE TABLE unrelated (x)")
+    journal = Journal(path)
+    item = accept(journal, "m1")
+    assert isinstance(item, InboxItem) and accept(journal, "m1") is False
+    assert page_size(path) == 4096
