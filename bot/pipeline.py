@@ -72,6 +72,9 @@ class PipelineOptions:
     purge_interval: float = 60.0
     stats_interval: float = 30.0
     drain_timeout: float = 8.0
+    # At most one transaction per this many seconds takes delivered messages out of the inbox: under load each
+    # takes many (Pipeline._finish_loop says what that buys); a message arriving after a quiet spell goes at once.
+    finish_interval: float = 0.02
 
 
 class Pipeline:
@@ -117,6 +120,7 @@ class Pipeline:
         # Messages whose replies are in, for the finisher thread to take out of the inbox (several per transaction).
         self._finished: deque[InboxItem] = deque()
         self._finish_wake = threading.Event()
+        self._drain_now = threading.Event()  # set by stop(): the finisher stops waiting for more to batch
         self._current = threading.local()  # the _Handling of the message a handler thread is working on
         self._running: set[_Handling] = set()  # every message a handler runs now (for the slow-handler warning)
 
@@ -131,6 +135,7 @@ class Pipeline:
             self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._finished.clear()  # after a fork: the parent's, not this process's
+            self._drain_now.clear()
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
             start_background(self._claim_loop, "bot-claimer")
@@ -151,6 +156,7 @@ class Pipeline:
             if self._pid != os.getpid() or self._stopping:
                 return True
             self._stopping = True
+        self._drain_now.set()
         self._wake.set()
         deadline = time.monotonic() + timeout
         wall_deadline = time.time() + timeout
@@ -419,14 +425,27 @@ class Pipeline:
         self._finish_wake.set()
 
     def _finish_loop(self) -> None:
-        """The finisher thread: messages whose replies are in leave the inbox, all that are ready in one go."""
+        """The finisher thread: messages whose replies are in leave the inbox, all that are ready in one go.
+
+        After a transaction it waits until ``finish_interval`` has passed
+        before the next one, gathering what finishes meanwhile: under load a
+        message leaves the inbox (and its conversation's next message starts)
+        up to that much later, and there are fewer write transactions, each
+        a lock round between processes, and fewer wake-ups of this thread.
+        Measured with benchmarks/cpu_per_callback.sh (sync, 0 ms, alternating
+        runs): 20 ms gave 1,562-1,576 callbacks/s, 10 ms 1,535-1,553, none
+        1,456-1,461; context switches per callback 7.0 vs 9.3.
+        """
+        last = -math.inf  # when the last transaction started (monotonic)
         while True:
             self._finish_wake.wait(self.options.poll_interval)
+            self._drain_now.wait(last + self.options.finish_interval - time.monotonic())
             self._finish_wake.clear()
             batch = []
             while self._finished:
                 batch.append(self._finished.popleft())
             if batch:
+                last = time.monotonic()
                 self._finish(batch)
             elif self._closed:
                 return

@@ -595,3 +595,56 @@ def test_the_pipeline_threads_do_not_preempt_the_request_thread(tmp_path, sender
     policies = {name: os.sched_getscheduler(t.native_id) for name, t in started.items()}
     assert policies == dict.fromkeys(started, os.SCHED_BATCH)
     assert os.sched_getscheduler(0) == os.SCHED_OTHER
+
+
+def count_finishing_transactions(pipeline: Pipeline) -> list[int]:
+    """The size of each batch the finisher takes out of the inbox (a spy on the real journal method)."""
+    sizes: list[int] = []
+    finish = pipeline.journal.finish_many
+
+    def counted(items):
+        sizes.append(len(items))
+        return finish(items)
+
+    pipeline.journal.finish_many = counted
+    return sizes
+
+
+def test_a_message_after_a_quiet_spell_leaves_the_inbox_at_once(tmp_path, non_blocking, echo):
+    pipeline = make_pipeline(tmp_path, echo, non_blocking, finish_interval=30)
+    sizes = count_finishing_transactions(pipeline)
+    submit(pipeline, "hi")
+    assert pipeline.wait_idle(10)  # not 30 s: nothing was finished before it
+    assert sizes == [1] and pipeline.journal.depth().inbox == 0
+
+
+def test_messages_delivered_close_together_leave_the_inbox_together(tmp_path, non_blocking, echo):
+    pipeline = make_pipeline(tmp_path, echo, non_blocking, finish_interval=1.0)
+    sizes = count_finishing_transactions(pipeline)
+    submit(pipeline, "first", sender="alice")
+    assert pipeline.wait_idle(10)
+    for n in range(10):  # delivered within the second after the first one left: gathered
+        submit(pipeline, f"m{n}", sender=f"user{n}")
+    assert pipeline.wait_idle(10)
+    assert sum(sizes) == 11 and len(sizes) <= 3, sizes
+    assert pipeline.journal.depth().inbox == 0
+    assert sorted(non_blocking.texts()) == sorted(["echo first"] + [f"echo m{n}" for n in range(10)])
+
+
+def test_a_conversation_keeps_its_order_across_finishing_transactions(tmp_path, non_blocking, echo):
+    # Its second message starts once the first left the inbox, which under load waits for the finish interval.
+    pipeline = make_pipeline(tmp_path, echo, non_blocking, finish_interval=0.3)
+    for text in ("one", "two", "three"):
+        submit(pipeline, text)
+    assert pipeline.wait_idle(10)
+    assert non_blocking.texts() == ["echo one", "echo two", "echo three"]
+
+
+def test_stop_does_not_wait_for_the_finish_interval(tmp_path, non_blocking, echo):
+    pipeline = make_pipeline(tmp_path, echo, non_blocking, finish_interval=30)
+    submit(pipeline, "one", sender="alice")
+    assert pipeline.wait_idle(10)  # finished at once; the next finish would wait up to 30 s
+    submit(pipeline, "two", sender="bob")
+    assert wait_for(lambda: non_blocking.texts() == ["echo one", "echo two"])
+    assert pipeline.stop(timeout=10) is True  # drained: the finisher did not wait out the 30 s
+    assert pipeline.journal.depth().inbox == 0
