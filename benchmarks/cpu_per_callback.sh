@@ -2,7 +2,7 @@
 # CPU per callback of the embedded mode, the figure benchmarks/RESULTS.md quotes for the hot path:
 # gunicorn (2 sync workers unless WORKERS says otherwise) with the echo bot against the harness's fake
 # CometChat, wrk for 8 s, then the user and system CPU of gunicorn's processes divided by the callbacks
-# answered. Loopback only, bounded.
+# answered, and the context switches of the workers' threads per callback. Loopback only, bounded.
 #
 #   PYTHON=/tmp/benchvenv/bin/python benchmarks/cpu_per_callback.sh          # fake API answering at once
 #   LATENCY_MS=100 benchmarks/cpu_per_callback.sh                            # ... after 100 ms
@@ -35,12 +35,22 @@ cpu() {  # user and system clock ticks of gunicorn's master and workers
     done
     echo "$user $sys"
 }
+switches() {  # context switches (voluntary and not) of every thread of gunicorn's workers
+    local n=0 pid
+    for pid in $(pgrep -P $GUNICORN); do
+        n=$((n + $(cat /proc/"$pid"/task/*/status | awk '/ctxt_switches/ {n += $2} END {print n + 0}')))
+    done
+    echo "$n"
+}
 read -r U0 S0 <<<"$(cpu)"
+C0=$(switches)
 OUT=$(wrk -t1 -c16 -d8s -s "$BENCH/post.lua" http://127.0.0.1:18100/cometchat/callback -- \
       "$WORK/tpl.json" cpu "$RANDOM$RANDOM" basic "$AUTH")
 sleep 1  # the replies of the last callbacks
 read -r U1 S1 <<<"$(cpu)"
+C1=$(switches)
 N=$(echo "$OUT" | grep -oP '\d+(?= requests in)')
 HZ=$(getconf CLK_TCK)
 echo "$OUT" | grep -E 'Requests/sec'
 "$PY" -c "print(f'cpu per callback: user {($U1-$U0)*1000/$HZ/$N:.3f} ms, system {($S1-$S0)*1000/$HZ/$N:.3f} ms ({$N} callbacks)')"
+"$PY" -c "print(f'context switches per callback: {($C1-$C0)/$N:.1f}')"
