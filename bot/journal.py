@@ -320,7 +320,7 @@ class Journal:
         if con is None or self._local.pid != pid:
             if self._pid != pid:  # a forked child: a new owner id, and a write lock no thread holds
                 self._pid, self.owner, self._write_lock = pid, process_owner(), threading.Lock()
-            # timeout=0: waiting for another process's write lock is done by _begin(), in finer steps than
+            # timeout=0: waiting for another process's write lock is done by _retrying(), in finer steps than
             # SQLite's own busy handler (which sleeps 1, 2, 5, 10... ms).
             con = sqlite3.connect(self.path, isolation_level=None, timeout=0, check_same_thread=True)
             con.execute(f"PRAGMA page_size={PAGE_SIZE}")  # only a new, empty file takes it (before WAL mode)
