@@ -182,12 +182,7 @@ class _Loop:
             if entry is not None:
                 waiting.append(entry)
         for handle, done in waiting:
-            with self.lock:
-                self.in_flight -= 1
-            try:
-                done(handle, failure)
-            except Exception:
-                log.exception("transfer: its completion raised")
+            self._report(handle, done, failure)
 
     def _take_new(self) -> bool:
         """Add the exchanges started since the last pass; False once asked to stop."""
@@ -248,18 +243,21 @@ class _Loop:
 
     def _complete(self, handle: pycurl.Curl, error: TransportError | None, *, reuse: bool) -> None:
         self._multi.remove_handle(handle)
-        done = self._done.pop(handle)
+        self._report(handle, self._done.pop(handle), error)
+        if reuse:
+            with self.lock:
+                self.free.append(handle)
+        else:
+            handle.close()
+
+    def _report(self, handle: pycurl.Curl, done: Done, error: TransportError | None) -> None:
+        """An exchange is over: it leaves the in-flight count and its ``done`` is told (what that raises is logged)."""
         with self.lock:
             self.in_flight -= 1
         try:
             done(handle, error)
         except Exception:
             log.exception("transfer: its completion raised")
-        if reuse:
-            with self.lock:
-                self.free.append(handle)
-        else:
-            handle.close()
 
 
 def _close_all(*fds: int) -> None:
