@@ -314,6 +314,16 @@ def test_finish_many_drops_messages_and_claims_their_lanes_next_ones(journal):
     assert journal.depth().inbox == 0
 
 
+def test_finish_many_takes_a_long_batch_in_chunks(journal, monkeypatch):
+    monkeypatch.setattr(journal_module, "FINISH_CHUNK", 2)
+    firsts = [accept(journal, f"first-{n}", f"c{n}") for n in range(5)]
+    for n in (0, 3, 4):
+        accept(journal, f"next-{n}", f"c{n}")
+    following = journal.finish_many(firsts)
+    assert sorted(item.message_id for item in following) == ["next-0", "next-3", "next-4"]
+    assert journal.depth().inbox == journal.depth().inbox_running == 3
+
+
 def page_size(path) -> int:
     with sqlite3.connect(path) as con:
         return con.execute("PRAGMA page_size").fetchone()[0]
