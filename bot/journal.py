@@ -492,7 +492,8 @@ class Journal:
             ]
         seqs = [item.seq for item in items]
         # A conversation's only claimed row is its lane's head: for these, the one the trigger just claimed.
-        # (In the same transaction: a message accepted after it could be claimed at once for a handler thread.)
+        # (Read in the DELETE's transaction: once it commits, a new message may find its lane empty and be
+        # claimed by the request thread, and this query would then hand it on a second time.)
         conversations = sorted({item.conversation for item in items})
         with self._write() as con:
             con.execute(f"DELETE FROM inbox WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
