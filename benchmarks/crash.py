@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import itertools
 import json
@@ -211,16 +212,12 @@ def main() -> int:
         "COMETCHAT_BOT_UID": "bot", "COMETCHAT_API_BASE": recorder.url,
         "CALLBACK_BASIC_AUTH": f"{USER}:{PASSWORD}", "JOURNAL_PATH": os.path.join(workdir, "journal.sqlite3"),
     }  # fmt: skip
-    redis = None
+    redis = contextlib.ExitStack()
     if args.redis:
-        sock = os.path.join(workdir, "redis.sock")
-        redis = subprocess.Popen(
-            [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", sock, "--save", "",
-             "--dir", workdir], stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        while not os.path.exists(sock):
-            time.sleep(0.02)
-        env["REDIS_URL"] = f"unix://{sock}"
+        sys.path.insert(0, ROOT)  # run as a script: only benchmarks/ is on the path
+        from bot.testing import redis_server
+
+        env["REDIS_URL"] = redis.enter_context(redis_server(workdir))
 
     app = App(env, workdir)
     app.start()
@@ -263,9 +260,7 @@ def main() -> int:
         time.sleep(0.2)
     drain = time.monotonic() - load_end
     app.stop()
-    if redis is not None:
-        redis.terminate()
-        redis.wait(10)
+    redis.close()
     recorder.shutdown()
 
     with recorder.lock:

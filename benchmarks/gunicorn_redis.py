@@ -8,32 +8,24 @@ workers inherit ``REDIS_URL`` and only record callbacks; the RQ workers run
 the echo bot and send the replies.
 """
 
+import contextlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
 import tempfile
-import time
 
+from bot.testing import redis_server
+
+_redis = contextlib.ExitStack()
 _children: list[subprocess.Popen] = []
 
 
 def on_starting(server) -> None:
     folder = tempfile.mkdtemp(prefix="bench-redis-")
-    socket = os.path.join(folder, "redis.sock")
-    redis = subprocess.Popen(
-        [shutil.which("redis-server") or "redis-server", "--port", "0", "--unixsocket", socket,
-         "--save", "", "--appendonly", "no", "--dir", folder],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
-    _children.append(redis)
-    deadline = time.monotonic() + 10
-    while not os.path.exists(socket):
-        if time.monotonic() > deadline or redis.poll() is not None:
-            raise RuntimeError("redis-server did not start")
-        time.sleep(0.02)
-    os.environ["REDIS_URL"] = f"unix://{socket}"
+    _redis.callback(shutil.rmtree, folder, ignore_errors=True)  # after Redis has stopped (last in, first out)
+    os.environ["REDIS_URL"] = _redis.enter_context(redis_server(folder))
     for n in range(int(os.environ.get("BENCH_RQ_WORKERS", "2"))):
         _children.append(
             subprocess.Popen(
@@ -44,10 +36,11 @@ def on_starting(server) -> None:
 
 
 def on_exit(server) -> None:
-    for child in reversed(_children):  # workers first (a warm shutdown finishes the current job), Redis last
+    for child in _children:  # workers first (a warm shutdown finishes the current job), Redis last
         child.send_signal(signal.SIGTERM)
         try:
             child.wait(15)
         except subprocess.TimeoutExpired:
             child.kill()
             child.wait(5)
+    _redis.close()

@@ -13,6 +13,7 @@
 the :class:`Message` a handler receives; :class:`BotTestClient` posts callbacks
 through the real path (auth, validation, dispatch) of an app whose sender
 records instead of sending, and returns the replies each callback caused.
+:func:`redis_server` starts a private ``redis-server`` for tests of Redis mode.
 """
 
 from __future__ import annotations
@@ -20,14 +21,18 @@ from __future__ import annotations
 import base64
 import itertools
 import os
+import shutil
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
 from flask import Flask
+from redis import Redis, RedisError
 from werkzeug.test import TestResponse
 
 from .api import SendRequest
@@ -402,3 +407,44 @@ def interaction_request(
             "formData": dict(values),
         },
     }
+
+
+@contextmanager
+def redis_server(folder: str | os.PathLike[str], *, timeout: float = 10.0) -> Iterator[str]:
+    """A private ``redis-server`` (from the PATH) on a unix socket in ``folder``: no TCP port, nothing saved.
+
+    Yields its URL once it answers PING (its socket file appears before it
+    listens: a client connecting then is refused), and stops it afterwards.
+    For tests of Redis mode and for the benchmarks.
+    """
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (`make test` installs it; or apt-get install redis-server)")
+    sock = os.path.join(folder, "redis.sock")
+    proc = subprocess.Popen(
+        [binary, "--port", "0", "--unixsocket", sock, "--save", "", "--appendonly", "no", "--dir", str(folder)],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"unix://{sock}"
+    try:
+        deadline = time.monotonic() + timeout
+        while not (os.path.exists(sock) and _pings(url)):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start within {timeout} s (exit code {proc.poll()})")
+            time.sleep(0.02)
+        yield url
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def _pings(url: str) -> bool:
+    try:
+        with Redis.from_url(url) as client:
+            return bool(client.ping())
+    except RedisError:
+        return False

@@ -3,22 +3,20 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from pytest_httpserver import HTTPServer
-from redis import Redis, RedisError
+from redis import Redis
 
 import app as app_module
 import config
+from bot import testing
 from bot.client import CometChatClient, RetryPolicy
 from bot.factory import bot_app
 from bot.pipeline import Pipeline
-from tests.helpers import wait_for
 
 DATA = Path(__file__).parent / "data"
 PAYLOADS = sorted((DATA / "payloads").glob("*.json"))
@@ -108,28 +106,8 @@ def fake_api(httpserver: HTTPServer, api_answer) -> HTTPServer:
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory) -> Iterator[str]:
     """A private redis-server on a unix socket (no TCP port), for the whole test run."""
-    binary = shutil.which("redis-server")
-    assert binary, "redis-server is not installed: run `make test` (it installs it) or apt-get install redis-server"
-    folder = tmp_path_factory.mktemp("redis")
-    sock = folder / "redis.sock"
-    proc = subprocess.Popen(
-        [binary, "--port", "0", "--unixsocket", str(sock), "--save", "", "--appendonly", "no", "--dir", str(folder)],
-        stdout=subprocess.DEVNULL,
-    )
-    url = f"unix://{sock}"
-    try:
-        assert wait_for(lambda: proc.poll() is None and sock.exists() and _pings(url), 10), "redis-server did not start"
+    with testing.redis_server(tmp_path_factory.mktemp("redis")) as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
-
-
-def _pings(url: str) -> bool:
-    try:
-        return bool(Redis.from_url(url).ping())
-    except RedisError:
-        return False
 
 
 @pytest.fixture

@@ -7,12 +7,13 @@ import threading
 import time
 
 import pytest
+from redis import Redis, RedisError
 
 from bot import Custom, Image, Router
 from bot.pipeline import Pipeline
 from bot.schemas import parse_callback
 from bot.settings import Settings
-from bot.testing import BotTestClient, make_callback, make_message
+from bot.testing import BotTestClient, make_callback, make_message, redis_server
 
 
 @pytest.fixture
@@ -256,3 +257,20 @@ def test_the_with_block_cleans_up_after_a_failing_test(router):
         pipeline = client.state.delivery
         raise ZeroDivisionError
     assert pipeline not in Pipeline.instances
+
+
+def test_redis_server_answers_while_open_and_is_stopped_after(tmp_path):
+    with redis_server(tmp_path) as url:
+        client = Redis.from_url(url)
+        assert client.set("k", "v") and client.get("k") == b"v"
+    with pytest.raises(RedisError):
+        client.ping()
+    client.close()
+
+
+def test_redis_server_that_cannot_start_is_a_clear_error(tmp_path):
+    # A unix socket path longer than the kernel allows (108 bytes): redis-server exits at once.
+    folder = tmp_path / ("x" * 120)
+    folder.mkdir()
+    with pytest.raises(RuntimeError, match="redis-server did not start"), redis_server(folder, timeout=5):
+        pass
