@@ -31,10 +31,13 @@ How the guarantees are kept, with the engine's own mechanisms:
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
+import os
 import re
+import signal
 import threading
 import time
 import uuid
@@ -317,6 +320,8 @@ class RedisDelivery:
         """Run an RQ worker for this app in the current process (``burst``: until the queue is empty)."""
         global _current
         _current = self
+        if not burst:  # a burst runs the scheduler in this process: nothing is forked
+            _end_forked_processes_with_their_parent()
         worker = HeartbeatWorker(
             [self.queue], connection=self.redis, name=name, maintenance_interval=MAINTENANCE_INTERVAL
         )
@@ -356,6 +361,43 @@ class HeartbeatWorker(SimpleWorker):
                     pipeline.execute()
             except RedisError as exc:  # the job goes on; a lapsed heartbeat only means it may run again
                 log.warning("worker %s: heartbeat of job %s failed: %s", self.name, job.id, exc)
+
+
+#: Linux's prctl option for the signal a process gets when its parent ends (<linux/prctl.h>).
+_PR_SET_PDEATHSIG = 1
+_forked_by = 0  # as a forked child sees it: its parent's pid if the parent's main thread forked it, else 0
+_at_fork_registered = False
+
+
+def _end_forked_processes_with_their_parent() -> None:
+    """Have the processes a worker forks (RQ's scheduler) end when the worker does, even after a SIGKILL.
+
+    RQ forks a scheduler process per worker that loops until it is told to stop. When its worker was killed it
+    lived on, an orphan holding the scheduler lock, one more with each crash. On Linux a child forked by the
+    worker's main thread now asks for SIGTERM when the worker ends; RQ's scheduler then stops cleanly
+    (releasing its lock). (Only the main thread's: the signal comes when the forking *thread* ends.)
+    Elsewhere nothing changes.
+    """
+    global _at_fork_registered
+    if not _at_fork_registered:
+        os.register_at_fork(before=_note_forking_process, after_in_child=_ask_for_parent_death_signal)
+        _at_fork_registered = True
+
+
+def _note_forking_process() -> None:
+    global _forked_by
+    _forked_by = os.getpid() if threading.current_thread() is threading.main_thread() else 0
+
+
+def _ask_for_parent_death_signal() -> None:
+    if not _forked_by:
+        return
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):  # not Linux
+        return
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) == 0 and os.getppid() != _forked_by:
+        os.kill(os.getpid(), signal.SIGTERM)  # the parent ended between the fork and the prctl
 
 
 #: The delivery of the app this worker process serves (set by :meth:`RedisDelivery.work`).

@@ -155,6 +155,41 @@ def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_p
     assert sorted(fake.texts()) == sorted(expected for _, _, expected in messages)
 
 
+def test_the_scheduler_process_of_a_killed_worker_ends_with_it(settings, tmp_path):
+    """RQ forks a scheduler process per worker that loops until told to stop: after a SIGKILL of its worker it
+    lived on, an orphan holding the scheduler lock."""
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log)
+    try:
+        assert wait_for(lambda: children(worker.pid), 30), log.read_text()
+        [scheduler] = children(worker.pid)
+    finally:
+        worker.kill()
+        worker.wait(10)
+    assert wait_for(lambda: not running(scheduler), 10), f"scheduler {scheduler} still runs"
+
+
+def children(pid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:  # it ended meanwhile
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # the field after the state is the parent's pid
+                found.append(int(entry))
+    return found
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an orphan's new parent may not reap it at once)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 def test_final_send_failures_become_dead_letters(settings, fake, basic_auth):
     web = app_module.create_app(settings)
     delivery: RedisDelivery = bot_app(web).delivery
