@@ -15,6 +15,10 @@ PY=${PYTHON:-python3}
 WORK=$(mktemp -d)
 trap 'kill ${GUNICORN:-} ${FAKE:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
 
+# A fake (or gunicorn) left running by another measurement would serve this one, with its own latency.
+for port in 18080 18100; do
+    if curl -s -o /dev/null "127.0.0.1:$port"; then echo "something already listens on 127.0.0.1:$port; stop it first" >&2; exit 1; fi
+done
 "$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; payloads.write_template('cometchat', '$WORK/tpl.json')"
 "$PY" "$BENCH/fake_cometchat.py" --port 18080 --latency-ms "${LATENCY_MS:-0}" >"$WORK/fake.log" 2>&1 &
 FAKE=$!
