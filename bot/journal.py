@@ -279,6 +279,14 @@ def _start_time(pid: int) -> str:
         return "0"
 
 
+#: What claiming or handing on a message reads of its row, in the order :func:`_inbox_item` takes it
+#: (the last: whether replies of its conversation wait in the outbox).
+_INBOX_COLUMNS = (
+    "seq, conversation, message_id, body, attempts, accepted_at,"
+    " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)"
+)
+
+
 def _inbox_item(row: Sequence[Any]) -> InboxItem:
     seq, conversation, message_id, body, attempts, accepted_at, replies_waiting = row
     return InboxItem(seq, conversation, message_id, body, attempts, accepted_at, bool(replies_waiting))
@@ -451,8 +459,7 @@ class Journal:
                 " SELECT seq FROM inbox AS i WHERE owner IS NULL AND NOT EXISTS"
                 "  (SELECT 1 FROM inbox AS e WHERE e.conversation = i.conversation AND e.seq < i.seq)"
                 " ORDER BY seq LIMIT ?2) "
-                "RETURNING seq, conversation, message_id, body, attempts, accepted_at,"
-                " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)",
+                f"RETURNING {_INBOX_COLUMNS}",
                 (self.owner, limit),
             ).fetchall()
         return sorted((_inbox_item(row) for row in rows), key=lambda item: item.seq)
@@ -467,9 +474,7 @@ class Journal:
         if not claimed_next:
             return None
         rows = self._read(
-            "SELECT seq, conversation, message_id, body, attempts, accepted_at,"
-            " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation) FROM inbox"
-            " WHERE conversation = ? AND owner = ? ORDER BY seq LIMIT 1",
+            f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE conversation = ? AND owner = ? ORDER BY seq LIMIT 1",
             (item.conversation, self.owner),
         )
         return _inbox_item(rows[0]) if rows else None
@@ -498,8 +503,7 @@ class Journal:
         with self._write() as con:
             con.execute(f"DELETE FROM inbox WHERE seq IN ({','.join('?' * len(seqs))})", seqs)
             rows = con.execute(
-                "SELECT seq, conversation, message_id, body, attempts, accepted_at,"
-                " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation) FROM inbox"
+                f"SELECT {_INBOX_COLUMNS} FROM inbox"
                 f" WHERE owner = ? AND conversation IN ({','.join('?' * len(conversations))}) ORDER BY seq",
                 (self.owner, *conversations),
             ).fetchall()
