@@ -56,6 +56,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
     "DRAIN_TIMEOUT": ("drain_timeout", float),
     "REDIS_URL": ("redis_url", str),
+    "WORKER_THREADS": ("worker_threads", int),
     "LOG_LEVEL": ("log_level", str),
     "LOG_FORMAT": ("log_format", str.lower),
     "PLAYGROUND": ("playground", str.lower),

@@ -58,6 +58,11 @@ class Recorder(ThreadingHTTPServer):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.server_address[1]}/v3"
 
+    def handle_error(self, request: object, client_address: object) -> None:
+        if isinstance(sys.exc_info()[1], ConnectionResetError):
+            return  # a killed worker's connection: expected here, not worth a traceback
+        super().handle_error(request, client_address)
+
 
 class _RecorderHandler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"

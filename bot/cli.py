@@ -69,14 +69,18 @@ def _offline(settings: Settings) -> Settings:
 
 @bot_cli.command("worker")
 @click.option("--burst", is_flag=True, help="Stop when the queue is empty.")
-def worker(burst: bool) -> None:
-    """Run an RQ worker (Redis mode, REDIS_URL set): handles messages and sends replies."""
+@click.option(
+    "--threads", type=click.IntRange(min=1), default=None, help="Messages handled at once (default: WORKER_THREADS)."
+)
+def worker(burst: bool, threads: int | None) -> None:
+    """Run an RQ worker process (Redis mode, REDIS_URL set): handles messages and sends replies."""
     from .redis_queue import RedisDelivery
 
-    delivery = _state().delivery
+    state = _state()
+    delivery = state.delivery
     if not isinstance(delivery, RedisDelivery):
         raise click.UsageError("set REDIS_URL to use RQ workers; without it each web process handles its messages")
-    delivery.work(burst=burst)
+    delivery.work(burst=burst, threads=threads or state.settings.worker_threads)
 
 
 @bot_cli.group("dead-letters", invoke_without_command=True)

@@ -2,7 +2,9 @@
 
 Web processes validate, deduplicate and enqueue; RQ worker processes
 (``flask --app app bot worker``, the Procfile's ``worker:`` line) run the
-handlers and send the replies. Any number of both, on any number of hosts.
+handlers and send the replies, ``WORKER_THREADS`` messages at once each
+(an RQ worker per thread, :class:`ThreadWorker`). Any number of both, on any
+number of hosts.
 
 How the guarantees are kept, with the engine's own mechanisms:
 
@@ -24,7 +26,7 @@ How the guarantees are kept, with the engine's own mechanisms:
   not send that reply twice.
 * **Flow control**: a reply is retried in its job, honouring ``Retry-After``,
   which keeps the conversation's later messages behind it; other
-  conversations go on on other workers. A shared token bucket in Redis
+  conversations go on on other workers (and threads). A shared token bucket in Redis
   (``COMETCHAT_RATE_LIMIT``) paces all workers. Replies that finally fail are
   pushed to ``cometchat-bot:dead-letters``.
 """
@@ -44,10 +46,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from redis import Redis, RedisError, WatchError
+from redis import ConnectionPool, Redis, RedisError, WatchError
 from rq import Queue, Retry, SimpleWorker
+from rq.exceptions import StopRequested
 from rq.job import Dependency, Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
+from rq.timeouts import TimerDeathPenalty
 
 from .api import SendRequest
 from .client import RetryPolicy, Sender, perform
@@ -76,6 +80,8 @@ HEARTBEAT_EVERY = 5
 HEARTBEAT_TTL = 20
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
 JOB_RETRIES = 3
+#: Seconds an idle worker thread (``WORKER_THREADS`` > 1) waits on the queue before it looks for a stop request.
+THREAD_POLL = 1
 
 # Token bucket shared by all workers: KEYS[1] bucket; ARGV rate/s, burst, now. Returns seconds to wait (0 = taken).
 _TAKE_TOKEN = """
@@ -316,16 +322,40 @@ class RedisDelivery:
                 return False
             time.sleep(0.02)
 
-    def work(self, *, burst: bool = False, name: str | None = None) -> bool:
-        """Run an RQ worker for this app in the current process (``burst``: until the queue is empty)."""
+    def work(self, *, burst: bool = False, name: str | None = None, threads: int = 1) -> bool:
+        """Run RQ workers for this app in the current process (``burst``: until the queue is empty).
+
+        ``threads`` jobs (messages) run at once: the main thread's worker, which takes the signals and runs
+        RQ's scheduler, and ``threads - 1`` :class:`ThreadWorker` s. Returns whether any job was run.
+        """
         global _current
         _current = self
         if not burst:  # a burst runs the scheduler in this process: nothing is forked
-            _end_forked_processes_with_their_parent()
-        worker = HeartbeatWorker(
-            [self.queue], connection=self.redis, name=name, maintenance_interval=MAINTENANCE_INTERVAL
-        )
-        return worker.work(burst=burst, with_scheduler=True, logging_level="WARNING")
+            _tidy_forked_processes(self.redis.connection_pool)
+        options = {"connection": self.redis, "maintenance_interval": MAINTENANCE_INTERVAL}
+        followers = [
+            ThreadWorker([self.queue], name=f"{name}-{n}" if name else None, **options) for n in range(1, threads)
+        ]
+        lead = HeartbeatWorker([self.queue], name=name, followers=followers, **options)
+        worked: list[bool] = []
+        runners = [
+            threading.Thread(
+                target=lambda w=follower: worked.append(w.work(burst=burst, logging_level="WARNING")),
+                name=f"rq-worker-{n}",
+                daemon=True,  # a cold shutdown (second signal) must not wait for them: their jobs run again
+            )
+            for n, follower in enumerate(followers, start=1)
+        ]
+        for runner in runners:
+            runner.start()
+        try:
+            worked.append(lead.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
+        finally:
+            if not burst:  # the lead stopped (a signal, Redis gone): so do the others, after their current job
+                lead.stop_followers()
+            for runner in runners:
+                runner.join()
+        return any(worked)
 
 
 class HeartbeatWorker(SimpleWorker):
@@ -334,7 +364,22 @@ class HeartbeatWorker(SimpleWorker):
     A thread renews the job's entry in the started-job registry every ``HEARTBEAT_EVERY`` s for
     ``HEARTBEAT_TTL`` s. If the worker is killed, the entry lapses and RQ's maintenance (any worker, every
     ``MAINTENANCE_INTERVAL`` s) retries the job: the conversation goes on within about half a minute.
+
+    ``followers``: the :class:`ThreadWorker` s of the same process; a stop request (SIGTERM, SIGINT), which
+    only the main thread's worker receives, is passed on to them.
     """
+
+    def __init__(self, *args: Any, followers: list[ThreadWorker] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.followers = followers or []
+
+    def handle_warm_shutdown_request(self) -> None:
+        super().handle_warm_shutdown_request()
+        self.stop_followers()
+
+    def stop_followers(self) -> None:
+        for follower in self.followers:
+            follower.request_thread_stop()
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return HEARTBEAT_TTL
@@ -363,30 +408,88 @@ class HeartbeatWorker(SimpleWorker):
                 log.warning("worker %s: heartbeat of job %s failed: %s", self.name, job.id, exc)
 
 
+class ThreadWorker(HeartbeatWorker):
+    """An RQ worker in a thread of a worker process, so that one process runs several jobs at once.
+
+    Each is a whole RQ worker (registered, with its own heartbeat), so a killed process's jobs run again as
+    any killed worker's do. Two things differ from a worker in the main thread: signals reach only the main
+    thread, so a thread worker looks for a stop request between jobs and, idle, every ``THREAD_POLL`` s; and
+    a job's time limit is a timer, not SIGALRM (which only the main thread can set).
+    """
+
+    death_penalty_class = TimerDeathPenalty
+
+    def request_thread_stop(self) -> None:
+        """Stop after the current job (a warm shutdown), or within ``THREAD_POLL`` s if idle."""
+        self._stop_requested = True
+
+    def _install_signal_handlers(self) -> None:
+        """Signals are the main thread's: its worker passes a stop request on (:meth:`request_thread_stop`)."""
+
+    @property
+    def dequeue_timeout(self) -> int:
+        return THREAD_POLL
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        if timeout is None:  # burst: no waiting
+            return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+        # RQ's own dequeue loop waits on, timeout after timeout; here each wait is one try, then the stop flag.
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(timeout, max_idle_time=timeout)
+            if result is not None:
+                return result
+        raise StopRequested()
+
+
 #: Linux's prctl option for the signal a process gets when its parent ends (<linux/prctl.h>).
 _PR_SET_PDEATHSIG = 1
 _forked_by = 0  # as a forked child sees it: its parent's pid if the parent's main thread forked it, else 0
+_worker_pool: ConnectionPool | None = None  # the worker's Redis connections, which a forked child lets go of
 _at_fork_registered = False
 
 
-def _end_forked_processes_with_their_parent() -> None:
-    """Have the processes a worker forks (RQ's scheduler) end when the worker does, even after a SIGKILL.
+def _tidy_forked_processes(pool: ConnectionPool) -> None:
+    """Have the processes a worker forks (RQ's scheduler) let go of its Redis connections and end with it.
 
-    RQ forks a scheduler process per worker that loops until it is told to stop. When its worker was killed it
-    lived on, an orphan holding the scheduler lock, one more with each crash. On Linux a child forked by the
-    worker's main thread now asks for SIGTERM when the worker ends; RQ's scheduler then stops cleanly
-    (releasing its lock). (Only the main thread's: the signal comes when the forking *thread* ends.)
-    Elsewhere nothing changes.
+    * Connections: a child inherits the sockets of the worker's connections, and redis-py in the child only
+      forgets them (it opens its own). While the child held them, a killed worker's blocked dequeues stayed
+      open in Redis, and jobs pushed meanwhile went to those dead readers: stuck for a minute or two, until
+      RQ's maintenance found them in its intermediate queue. The child now closes its copies at once.
+    * Lifetime: RQ forks a scheduler process per worker that loops until it is told to stop. When its worker
+      was killed it lived on, an orphan holding the scheduler lock, one more with each crash. On Linux a child
+      forked by the worker's main thread now asks for SIGTERM when the worker ends; RQ's scheduler then stops
+      cleanly (releasing its lock). (Only the main thread's: the signal comes when the forking *thread* ends.)
+      Elsewhere nothing changes.
     """
-    global _at_fork_registered
+    global _worker_pool, _at_fork_registered
+    _worker_pool = pool
     if not _at_fork_registered:
-        os.register_at_fork(before=_note_forking_process, after_in_child=_ask_for_parent_death_signal)
+        os.register_at_fork(before=_note_forking_process, after_in_child=_in_forked_child)
         _at_fork_registered = True
 
 
 def _note_forking_process() -> None:
     global _forked_by
     _forked_by = os.getpid() if threading.current_thread() is threading.main_thread() else 0
+
+
+def _in_forked_child() -> None:
+    _close_inherited_connections()
+    _ask_for_parent_death_signal()
+
+
+def _close_inherited_connections() -> None:
+    if _worker_pool is None:
+        return
+    # The pool's own disconnect() would first reset the pool (a new process) and take its lock, which another
+    # thread of the parent may have held at the fork: its lists are read directly. In a child, a connection's
+    # disconnect() closes only the child's copy of the socket (no shutdown): the parent's connection is intact.
+    inherited = [
+        *getattr(_worker_pool, "_available_connections", ()),
+        *getattr(_worker_pool, "_in_use_connections", ()),
+    ]
+    for connection in inherited:
+        connection.disconnect()
 
 
 def _ask_for_parent_death_signal() -> None:

@@ -60,6 +60,7 @@ class Settings:
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
+    worker_threads: int = 8  # Redis mode: messages handled at once per RQ worker process
 
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
@@ -102,8 +103,8 @@ class Settings:
             problems.append("BOT_LOOP_LIMIT must not be negative (0 turns the guard off)")
         if self.callback_max_bytes <= 0:
             problems.append("CALLBACK_MAX_BYTES must be positive")
-        if self.handler_threads < 1 or self.sender_threads < 1 or self.max_in_flight < 1:
-            problems.append("HANDLER_THREADS, SENDER_THREADS and MAX_IN_FLIGHT must be at least 1")
+        if min(self.handler_threads, self.sender_threads, self.max_in_flight, self.worker_threads) < 1:
+            problems.append("HANDLER_THREADS, SENDER_THREADS, MAX_IN_FLIGHT and WORKER_THREADS must be at least 1")
         if self.dedup_ttl < 0:
             problems.append("DEDUP_TTL must not be negative")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):

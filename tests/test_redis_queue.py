@@ -52,10 +52,10 @@ def post(app, body: dict, basic_auth: dict) -> dict:
     return response.get_json()
 
 
-def start_worker(settings: dict[str, str], log: Path) -> subprocess.Popen:
+def start_worker(settings: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "app", "bot", "worker"],
+        [sys.executable, "-m", "flask", "--app", "app", "bot", "worker", *args],
         cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
     )  # fmt: skip
 
@@ -101,6 +101,12 @@ def test_worker_command_needs_redis(live_settings):
     assert result.exit_code != 0 and "REDIS_URL" in result.output
 
 
+def test_worker_command_refuses_zero_threads(settings):
+    web = app_module.create_app(settings)
+    result = web.test_cli_runner().invoke(args=["bot", "worker", "--burst", "--threads", "0"])
+    assert result.exit_code == 2 and "--threads" in result.output
+
+
 # ------------------------------------------------------------------ workers
 
 
@@ -124,6 +130,35 @@ def test_workers_deliver_every_reply_once_in_conversation_order(settings, fake, 
         assert [t for t in texts if f"R{u}x" in t] == [e for user, _, e in messages if user == f"u{u}"]
 
 
+def test_one_worker_process_runs_several_conversations_at_once_and_stops_warm(settings, fake, basic_auth, tmp_path):
+    """WORKER_THREADS jobs run at once in one process; SIGTERM (which only the main thread receives) lets every
+    thread finish its job and take no other."""
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.gate.clear()  # replies hang at the API: each job holds its thread
+    messages = weather_messages(users=3, per_user=2)
+    for _, body, _ in messages:
+        post(web, body, basic_auth)
+    log = tmp_path / "worker.log"
+    worker = start_worker({**settings, "WORKER_THREADS": "3"}, log)
+    try:
+        assert wait_for(lambda: fake.attempts >= 3, 30), log.read_text()
+        assert StartedJobRegistry(queue=delivery.queue).count == 3
+        worker.send_signal(signal.SIGTERM)
+        fake.gate.set()
+        assert worker.wait(20) == 0, log.read_text()
+    finally:
+        worker.kill()
+    first_messages = [expected for _, _, expected in messages[:3]]
+    assert sorted(fake.texts()) == sorted(first_messages)
+    depth = delivery.depth()
+    assert (depth.running, depth.queued) == (0, 3)  # the second message of each conversation, left for others
+    delivery.work(burst=True, threads=2)
+    texts = fake.texts()
+    for u in range(3):
+        assert [t for t in texts if f"R{u}x" in t] == [e for user, _, e in messages if user == f"u{u}"]
+
+
 def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
     web = app_module.create_app(settings)
     delivery: RedisDelivery = bot_app(web).delivery
@@ -131,14 +166,14 @@ def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_p
     messages = weather_messages(users=2, per_user=2)
     for _, body, _ in messages:
         post(web, body, basic_auth)
-    doomed = start_worker(settings, tmp_path / "doomed.log")
+    doomed = start_worker(settings, tmp_path / "doomed.log")  # its threads take both conversations' first message
     registry = StartedJobRegistry(queue=delivery.queue)
     try:
-        assert fake.arrived.wait(30), (tmp_path / "doomed.log").read_text()
-        assert registry.count == 1
-        # The running job's heartbeat lapses HEARTBEAT_TTL seconds after the last beat (not the job's timeout).
-        [(_, lapses_at)] = delivery.redis.zrange(registry.key, 0, -1, withscores=True)
-        assert lapses_at <= time.time() + HEARTBEAT_TTL + 1
+        assert wait_for(lambda: fake.attempts >= 2, 30), (tmp_path / "doomed.log").read_text()
+        assert registry.count == 2
+        # A running job's heartbeat lapses HEARTBEAT_TTL seconds after the last beat (not the job's timeout).
+        for _, lapses_at in delivery.redis.zrange(registry.key, 0, -1, withscores=True):
+            assert lapses_at <= time.time() + HEARTBEAT_TTL + 1
     finally:
         doomed.kill()  # SIGKILL, mid-job
         doomed.wait(10)
@@ -167,6 +202,31 @@ def test_the_scheduler_process_of_a_killed_worker_ends_with_it(settings, tmp_pat
         worker.kill()
         worker.wait(10)
     assert wait_for(lambda: not running(scheduler), 10), f"scheduler {scheduler} still runs"
+
+
+def test_a_killed_worker_leaves_no_reader_behind_in_redis(settings, tmp_path):
+    """The scheduler process RQ forks inherits the worker's Redis sockets. While it held them, the blocked
+    dequeues of a killed worker's idle threads stayed open in Redis and swallowed the next jobs (stuck for a
+    minute or two). The scheduler is stopped here so that it cannot end with its worker and close them that way."""
+    redis = Redis.from_url(settings["REDIS_URL"])
+    log = tmp_path / "worker.log"
+    worker = start_worker(settings, log, "--threads", "3")
+    scheduler = None
+    try:
+        assert wait_for(lambda: len(blocked_dequeues(redis)) == 3 and children(worker.pid), 30), log.read_text()
+        [scheduler] = children(worker.pid)
+        os.kill(scheduler, signal.SIGSTOP)
+        worker.kill()
+        worker.wait(10)
+        assert wait_for(lambda: not blocked_dequeues(redis), 10), blocked_dequeues(redis)
+    finally:
+        worker.kill()
+        if scheduler is not None:
+            os.kill(scheduler, signal.SIGKILL)
+
+
+def blocked_dequeues(redis: Redis) -> list[dict]:
+    return [client for client in redis.client_list() if client["cmd"] in ("blmove", "blpop", "brpoplpush")]
 
 
 def children(pid: int) -> list[int]:

@@ -47,6 +47,7 @@ def test_local_mode_without_credentials():
         ({"HANDLER_THREADS": "0"}, "HANDLER_THREADS"),
         ({"HANDLER_THREADS": "many"}, "HANDLER_THREADS"),
         ({"MAX_IN_FLIGHT": "0"}, "MAX_IN_FLIGHT"),
+        ({"WORKER_THREADS": "0"}, "WORKER_THREADS"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
