@@ -72,15 +72,19 @@ def _offline(settings: Settings) -> Settings:
 @click.option(
     "--threads", type=click.IntRange(min=1), default=None, help="Messages handled at once (default: WORKER_THREADS)."
 )
-def worker(burst: bool, threads: int | None) -> None:
+@click.option("--name", default=None, help="RQ worker name (threads get -1, -2, ...); default: random.")
+def worker(burst: bool, threads: int | None, name: str | None) -> None:
     """Run an RQ worker process (Redis mode, REDIS_URL set): handles messages and sends replies."""
-    from .redis_queue import RedisDelivery
+    from .redis_queue import RedisDelivery, WorkerFailed
 
     state = _state()
     delivery = state.delivery
     if not isinstance(delivery, RedisDelivery):
         raise click.UsageError("set REDIS_URL to use RQ workers; without it each web process handles its messages")
-    delivery.work(burst=burst, threads=threads or state.settings.worker_threads)
+    try:
+        delivery.work(burst=burst, name=name, threads=threads or state.settings.worker_threads)
+    except WorkerFailed as exc:
+        raise click.ClickException(str(exc)) from exc  # exit status 1: the process supervisor restarts it
 
 
 @bot_cli.group("dead-letters", invoke_without_command=True)

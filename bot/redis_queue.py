@@ -325,37 +325,23 @@ class RedisDelivery:
     def work(self, *, burst: bool = False, name: str | None = None, threads: int = 1) -> bool:
         """Run RQ workers for this app in the current process (``burst``: until the queue is empty).
 
-        ``threads`` jobs (messages) run at once: the main thread's worker, which takes the signals and runs
-        RQ's scheduler, and ``threads - 1`` :class:`ThreadWorker` s. Returns whether any job was run.
+        ``threads`` jobs (messages) run at once (:class:`WorkerProcess`). Returns whether any job was run;
+        raises :class:`WorkerFailed` when a worker thread ended on an error (the others were stopped).
         """
         global _current
         _current = self
         if not burst:  # a burst runs the scheduler in this process: nothing is forked
             _tidy_forked_processes(self.redis.connection_pool)
-        options = {"connection": self.redis, "maintenance_interval": MAINTENANCE_INTERVAL}
-        followers = [
-            ThreadWorker([self.queue], name=f"{name}-{n}" if name else None, **options) for n in range(1, threads)
-        ]
-        lead = HeartbeatWorker([self.queue], name=name, followers=followers, **options)
-        worked: list[bool] = []
-        runners = [
-            threading.Thread(
-                target=lambda w=follower: worked.append(w.work(burst=burst, logging_level="WARNING")),
-                name=f"rq-worker-{n}",
-                daemon=True,  # a cold shutdown (second signal) must not wait for them: their jobs run again
+        workers = [
+            ThreadWorker(
+                [self.queue],
+                connection=self.redis,
+                name=(name if n == 0 else f"{name}-{n}") if name else None,
+                maintenance_interval=MAINTENANCE_INTERVAL,
             )
-            for n, follower in enumerate(followers, start=1)
+            for n in range(threads)
         ]
-        for runner in runners:
-            runner.start()
-        try:
-            worked.append(lead.work(burst=burst, with_scheduler=True, logging_level="WARNING"))
-        finally:
-            if not burst:  # the lead stopped (a signal, Redis gone): so do the others, after their current job
-                lead.stop_followers()
-            for runner in runners:
-                runner.join()
-        return any(worked)
+        return WorkerProcess(workers).run(burst=burst)
 
 
 class HeartbeatWorker(SimpleWorker):
@@ -364,22 +350,7 @@ class HeartbeatWorker(SimpleWorker):
     A thread renews the job's entry in the started-job registry every ``HEARTBEAT_EVERY`` s for
     ``HEARTBEAT_TTL`` s. If the worker is killed, the entry lapses and RQ's maintenance (any worker, every
     ``MAINTENANCE_INTERVAL`` s) retries the job: the conversation goes on within about half a minute.
-
-    ``followers``: the :class:`ThreadWorker` s of the same process; a stop request (SIGTERM, SIGINT), which
-    only the main thread's worker receives, is passed on to them.
     """
-
-    def __init__(self, *args: Any, followers: list[ThreadWorker] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.followers = followers or []
-
-    def handle_warm_shutdown_request(self) -> None:
-        super().handle_warm_shutdown_request()
-        self.stop_followers()
-
-    def stop_followers(self) -> None:
-        for follower in self.followers:
-            follower.request_thread_stop()
 
     def get_heartbeat_ttl(self, job: Job) -> int:
         return HEARTBEAT_TTL
@@ -409,10 +380,11 @@ class HeartbeatWorker(SimpleWorker):
 
 
 class ThreadWorker(HeartbeatWorker):
-    """An RQ worker in a thread of a worker process, so that one process runs several jobs at once.
+    """An RQ worker in a thread of a worker process (:class:`WorkerProcess`), so that a process runs several
+    jobs at once.
 
     Each is a whole RQ worker (registered, with its own heartbeat), so a killed process's jobs run again as
-    any killed worker's do. Two things differ from a worker in the main thread: signals reach only the main
+    any killed worker's do. Two things differ from RQ's worker in a main thread: signals reach only the main
     thread, so a thread worker looks for a stop request between jobs and, idle, every ``THREAD_POLL`` s; and
     a job's time limit is a timer, not SIGALRM (which only the main thread can set).
     """
@@ -423,8 +395,12 @@ class ThreadWorker(HeartbeatWorker):
         """Stop after the current job (a warm shutdown), or within ``THREAD_POLL`` s if idle."""
         self._stop_requested = True
 
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop_requested
+
     def _install_signal_handlers(self) -> None:
-        """Signals are the main thread's: its worker passes a stop request on (:meth:`request_thread_stop`)."""
+        """Signals are the main thread's (:class:`WorkerProcess`), which passes a stop request on."""
 
     @property
     def dequeue_timeout(self) -> int:
@@ -441,9 +417,86 @@ class ThreadWorker(HeartbeatWorker):
         raise StopRequested()
 
 
+class WorkerFailed(Exception):
+    """A worker thread ended on an error RQ does not handle (logged); the process stopped so it is restarted."""
+
+
+class WorkerProcess:
+    """The :class:`ThreadWorker` s of a worker process, each in its own thread; the main thread takes the signals.
+
+    The main thread runs no job, so a signal is handled at once, not when a handler's blocking call returns:
+    the first SIGTERM or SIGINT asks every thread to finish its current job and take no other (a warm
+    shutdown); another one ends the process at once (a cold shutdown, exit status 1: the interrupted jobs run
+    again when their heartbeat lapses). The first worker also runs RQ's scheduler. If a worker thread ends on
+    its own (RQ ends a worker's loop on an error it does not handle), the others are stopped as well: a process
+    one worker short would go unnoticed, one that exits is restarted.
+    """
+
+    def __init__(self, workers: list[ThreadWorker]) -> None:
+        self.workers = workers
+        self._stopping = False
+        self._failed: list[str] = []
+        self._worked: list[bool] = []
+
+    def run(self, *, burst: bool = False) -> bool:
+        """Run the workers until they stop (``burst``: until the queue is empty); True if any job was run."""
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+        try:
+            threads = [
+                threading.Thread(
+                    target=self._run_worker,
+                    args=(worker, burst, n == 0),
+                    name=f"rq-worker-{n}",
+                    daemon=True,
+                )
+                for n, worker in enumerate(self.workers)
+            ]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()  # interrupted by a signal's handler (on POSIX), which may end the process
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+        if self._failed:
+            raise WorkerFailed(f"worker {', '.join(self._failed)} ended on an error; the others were stopped")
+        return any(self._worked)
+
+    def stop(self) -> None:
+        """Ask every worker to stop after its current job."""
+        self._stopping = True
+        for worker in self.workers:
+            worker.request_thread_stop()
+
+    def _run_worker(self, worker: ThreadWorker, burst: bool, with_scheduler: bool) -> None:
+        _forks_end_with_thread.add(threading.get_ident())  # RQ's scheduler process, forked by the first worker
+        try:
+            self._worked.append(worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING"))
+        finally:
+            _forks_end_with_thread.discard(threading.get_ident())
+        if not burst and not worker.stop_requested:
+            log.error("worker %s ended on its own; stopping the other workers of this process", worker.name)
+            self._failed.append(worker.name)
+            self.stop()
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stopping:
+            log.warning("worker process %d: %s again: stopping now", os.getpid(), signal.Signals(signum).name)
+            logging.shutdown()  # flushes the log
+            # Not SystemExit: the interpreter would wait for threads that are not daemons (RQ's job timers, a
+            # handler's own). Like a kill: the running jobs run again once their heartbeat lapses.
+            os._exit(1)
+        log.warning(
+            "worker process %d: %s: stopping after the running jobs (again to stop now)",
+            os.getpid(), signal.Signals(signum).name,
+        )  # fmt: skip
+        self.stop()
+
+
 #: Linux's prctl option for the signal a process gets when its parent ends (<linux/prctl.h>).
 _PR_SET_PDEATHSIG = 1
-_forked_by = 0  # as a forked child sees it: its parent's pid if the parent's main thread forked it, else 0
+_forked_by = 0  # as a forked child sees it: its parent's pid if it is to end with the thread that forked it, else 0
+_forks_end_with_thread: set[int] = set()  # threads (besides the main thread) whose forked children end with them
 _worker_pool: ConnectionPool | None = None  # the worker's Redis connections, which a forked child lets go of
 _at_fork_registered = False
 
@@ -457,8 +510,9 @@ def _tidy_forked_processes(pool: ConnectionPool) -> None:
       RQ's maintenance found them in its intermediate queue. The child now closes its copies at once.
     * Lifetime: RQ forks a scheduler process per worker that loops until it is told to stop. When its worker
       was killed it lived on, an orphan holding the scheduler lock, one more with each crash. On Linux a child
-      forked by the worker's main thread now asks for SIGTERM when the worker ends; RQ's scheduler then stops
-      cleanly (releasing its lock). (Only the main thread's: the signal comes when the forking *thread* ends.)
+      forked by a worker thread (the first forks the scheduler) or the main thread now asks for SIGTERM when
+      that thread ends; RQ's scheduler then stops cleanly (releasing its lock). (Only those threads': the signal
+      comes when the forking *thread* ends, and a thread a handler started may end long before the process.)
       Elsewhere nothing changes.
     """
     global _worker_pool, _at_fork_registered
@@ -470,7 +524,10 @@ def _tidy_forked_processes(pool: ConnectionPool) -> None:
 
 def _note_forking_process() -> None:
     global _forked_by
-    _forked_by = os.getpid() if threading.current_thread() is threading.main_thread() else 0
+    ends_with_thread = threading.current_thread() is threading.main_thread() or (
+        threading.get_ident() in _forks_end_with_thread
+    )
+    _forked_by = os.getpid() if ends_with_thread else 0
 
 
 def _in_forked_child() -> None:

@@ -159,6 +159,49 @@ def test_one_worker_process_runs_several_conversations_at_once_and_stops_warm(se
         assert [t for t in texts if f"R{u}x" in t] == [e for user, _, e in messages if user == f"u{u}"]
 
 
+def test_a_second_sigterm_stops_a_worker_process_without_waiting_for_its_jobs(settings, fake, basic_auth, tmp_path):
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.gate.clear()  # the jobs hang at the API
+    for _, body, _ in weather_messages(users=2, per_user=1):
+        post(web, body, basic_auth)
+    log = tmp_path / "worker.log"
+    # Both jobs block in libcurl for up to 30 s (the fake's gate): the signals are handled at once regardless,
+    # since the main thread runs no job.
+    worker = start_worker({**settings, "COMETCHAT_TIMEOUT": "60"}, log, "--threads", "2")
+    try:
+        assert wait_for(lambda: fake.attempts >= 2, 30), log.read_text()
+        worker.send_signal(signal.SIGTERM)  # warm: would wait for both jobs
+        assert wait_for(lambda: "stopping after the running jobs" in log.read_text(), 10), log.read_text()
+        worker.send_signal(signal.SIGTERM)  # cold
+        assert worker.wait(10) == 1, log.read_text()
+    finally:
+        worker.kill()
+    assert fake.texts() == []
+    assert StartedJobRegistry(queue=delivery.queue).count == 2  # abandoned: they run again when their heartbeat lapses
+
+
+def test_a_worker_thread_that_ends_on_its_own_stops_its_process(settings, tmp_path):
+    """RQ ends a worker's loop on an error it does not handle; for a thread worker that would leave the process
+    running one thread short, unnoticed. The process stops instead (its supervisor restarts it)."""
+    log = tmp_path / "worker.log"
+    failing = (
+        "import bot.redis_queue as q; work = q.ThreadWorker.work; "
+        "q.ThreadWorker.work = lambda self, **options: False if self.name.endswith('-1') else work(self, **options); "
+        "from flask.cli import main; main()"
+    )
+    env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
+    worker = subprocess.Popen(
+        [sys.executable, "-c", failing, "--app", "app", "bot", "worker", "--threads", "2", "--name", "w"],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert worker.wait(20) == 1, log.read_text()
+    finally:
+        worker.kill()
+    assert "ended on its own; stopping the other workers of this process" in log.read_text()
+
+
 def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
     web = app_module.create_app(settings)
     delivery: RedisDelivery = bot_app(web).delivery
