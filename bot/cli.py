@@ -20,6 +20,7 @@ from urllib.parse import urlsplit
 import click
 from flask import current_app
 from flask.cli import AppGroup, with_appcontext
+from redis import RedisError
 
 from .api import GROUP_CHAT_SETTINGS
 from .client import CometChatClient
@@ -85,6 +86,8 @@ def worker(burst: bool, threads: int | None, name: str | None) -> None:
         delivery.work(burst=burst, name=name, threads=threads or state.settings.worker_threads)
     except WorkerFailed as exc:
         raise click.ClickException(str(exc)) from exc  # exit status 1: the process supervisor restarts it
+    except RedisError as exc:  # at start (RQ registers each worker); later, RQ's loop waits for Redis to return
+        raise click.ClickException(f"Redis cannot be reached (REDIS_URL): {exc}") from exc
 
 
 @bot_cli.group("dead-letters", invoke_without_command=True)

@@ -434,7 +434,7 @@ class WorkerProcess:
 
     def __init__(self, workers: list[ThreadWorker]) -> None:
         self.workers = workers
-        self._stopping = False
+        self._signalled = False
         self._failed: list[str] = []
         self._worked: list[bool] = []
 
@@ -464,7 +464,6 @@ class WorkerProcess:
 
     def stop(self) -> None:
         """Ask every worker to stop after its current job."""
-        self._stopping = True
         for worker in self.workers:
             worker.request_thread_stop()
 
@@ -472,20 +471,25 @@ class WorkerProcess:
         _forks_end_with_thread.add(threading.get_ident())  # RQ's scheduler process, forked by the first worker
         try:
             self._worked.append(worker.work(burst=burst, with_scheduler=with_scheduler, logging_level="WARNING"))
+            failed = not burst and not worker.stop_requested
+        except Exception:  # before RQ's loop (Redis unreachable at start, say): the thread's end, like any
+            log.exception("worker %s failed", worker.name)
+            failed = True
         finally:
             _forks_end_with_thread.discard(threading.get_ident())
-        if not burst and not worker.stop_requested:
+        if failed:
             log.error("worker %s ended on its own; stopping the other workers of this process", worker.name)
             self._failed.append(worker.name)
             self.stop()
 
     def _on_signal(self, signum: int, frame: object) -> None:
-        if self._stopping:
+        if self._signalled:
             log.warning("worker process %d: %s again: stopping now", os.getpid(), signal.Signals(signum).name)
             logging.shutdown()  # flushes the log
             # Not SystemExit: the interpreter would wait for threads that are not daemons (RQ's job timers, a
             # handler's own). Like a kill: the running jobs run again once their heartbeat lapses.
             os._exit(1)
+        self._signalled = True
         log.warning(
             "worker process %d: %s: stopping after the running jobs (again to stop now)",
             os.getpid(), signal.Signals(signum).name,

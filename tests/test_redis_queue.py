@@ -181,14 +181,23 @@ def test_a_second_sigterm_stops_a_worker_process_without_waiting_for_its_jobs(se
     assert StartedJobRegistry(queue=delivery.queue).count == 2  # abandoned: they run again when their heartbeat lapses
 
 
-def test_a_worker_thread_that_ends_on_its_own_stops_its_process(settings, tmp_path):
-    """RQ ends a worker's loop on an error it does not handle; for a thread worker that would leave the process
-    running one thread short, unnoticed. The process stops instead (its supervisor restarts it)."""
+@pytest.mark.parametrize(
+    "how",
+    ["return False", "raise RuntimeError('boom')"],  # RQ's loop ended on an error / an error before RQ's loop
+)
+def test_a_worker_thread_that_ends_on_its_own_stops_its_process(settings, tmp_path, how):
+    """A process one worker thread short would go unnoticed: the process stops instead, with status 1, for its
+    supervisor to restart it."""
     log = tmp_path / "worker.log"
     failing = (
-        "import bot.redis_queue as q; work = q.ThreadWorker.work; "
-        "q.ThreadWorker.work = lambda self, **options: False if self.name.endswith('-1') else work(self, **options); "
-        "from flask.cli import main; main()"
+        "import bot.redis_queue as q\n"
+        "work = q.ThreadWorker.work\n"
+        "def failing_work(self, **options):\n"
+        f"    if self.name == 'w-1': {how}\n"
+        "    return work(self, **options)\n"
+        "q.ThreadWorker.work = failing_work\n"
+        "from flask.cli import main\n"
+        "main()\n"
     )
     env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
     worker = subprocess.Popen(
@@ -199,7 +208,18 @@ def test_a_worker_thread_that_ends_on_its_own_stops_its_process(settings, tmp_pa
         assert worker.wait(20) == 1, log.read_text()
     finally:
         worker.kill()
-    assert "ended on its own; stopping the other workers of this process" in log.read_text()
+    assert "worker w-1 ended on its own; stopping the other workers of this process" in log.read_text()
+    assert "Error: worker w-1 ended on an error; the others were stopped" in log.read_text()
+
+
+def test_a_worker_process_that_cannot_reach_redis_exits_with_an_error(settings, tmp_path):
+    log = tmp_path / "worker.log"
+    worker = start_worker({**settings, "REDIS_URL": f"unix://{tmp_path}/no-such.sock"}, log, "--threads", "2")
+    try:
+        assert worker.wait(20) == 1, log.read_text()
+    finally:
+        worker.kill()
+    assert "Error: Redis cannot be reached (REDIS_URL)" in log.read_text()
 
 
 def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
