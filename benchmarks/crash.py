@@ -59,8 +59,8 @@ class Recorder(ThreadingHTTPServer):
         return f"http://127.0.0.1:{self.server_address[1]}/v3"
 
     def handle_error(self, request: object, client_address: object) -> None:
-        if isinstance(sys.exc_info()[1], ConnectionResetError):
-            return  # a killed worker's connection: expected here, not worth a traceback
+        if isinstance(sys.exc_info()[1], ConnectionError):
+            return  # a killed worker's connection (reset, broken pipe): expected here, not worth a traceback
         super().handle_error(request, client_address)
 
 
@@ -285,7 +285,7 @@ def main() -> int:
     out_of_order = sum(
         1 for ns in per_user.values() for a, b in itertools.pairwise(ns) if b < a
     )  # each user's callbacks were posted one after another by one thread, in increasing N
-    mode = "redis+rq (2 RQ workers, 1 killed)" if args.redis else "embedded (gunicorn -w 2, kill -9 twice)"
+    mode = "redis+rq (2 RQ worker processes, 1 killed)" if args.redis else "embedded (gunicorn -w 2, kill -9 twice)"
     print("\n".join(events))
     print("| mode | posted | answered 200 | delivered | lost | doubled (same muid) | out of order | drain s |")
     print("|---|---|---|---|---|---|---|---|")

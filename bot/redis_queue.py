@@ -490,7 +490,7 @@ class WorkerProcess:
             # handler's own). Like a kill: the running jobs run again once their heartbeat lapses.
             os._exit(1)
         self._signalled = True
-        log.warning(
+        log.info(
             "worker process %d: %s: stopping after the running jobs (again to stop now)",
             os.getpid(), signal.Signals(signum).name,
         )  # fmt: skip
