@@ -80,7 +80,7 @@ HEARTBEAT_EVERY = 5
 HEARTBEAT_TTL = 20
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
 JOB_RETRIES = 3
-#: Seconds an idle worker thread (``WORKER_THREADS`` > 1) waits on the queue before it looks for a stop request.
+#: Seconds an idle worker thread waits on the queue before it looks for a stop request again.
 THREAD_POLL = 1
 
 # Token bucket shared by all workers: KEYS[1] bucket; ARGV rate/s, burst, now. Returns seconds to wait (0 = taken).
