@@ -57,6 +57,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "DRAIN_TIMEOUT": ("drain_timeout", float),
     "REDIS_URL": ("redis_url", str),
     "WORKER_THREADS": ("worker_threads", int),
+    "WORKER_METRICS": ("worker_metrics", str),
     "LOG_LEVEL": ("log_level", str),
     "LOG_FORMAT": ("log_format", str.lower),
     "PLAYGROUND": ("playground", str.lower),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -22,10 +23,13 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from redis import RedisError
 
+from . import metrics
 from .api import GROUP_CHAT_SETTINGS
 from .client import CometChatClient
 from .errors import CometChatError, TransportError
-from .settings import Settings
+from .settings import Settings, parse_address
+
+log = logging.getLogger(__name__)
 
 bot_cli = AppGroup("bot", help="Run and inspect the CometChat bot.")
 
@@ -74,7 +78,8 @@ def _offline(settings: Settings) -> Settings:
     "--threads", type=click.IntRange(min=1), default=None, help="Messages handled at once (default: WORKER_THREADS)."
 )
 @click.option("--name", default=None, help="RQ worker name (threads get -1, -2, ...); default: random.")
-def worker(burst: bool, threads: int | None, name: str | None) -> None:
+@click.option("--metrics", "metrics_at", default=None, help="HOST:PORT to serve /metrics on (default: WORKER_METRICS).")
+def worker(burst: bool, threads: int | None, name: str | None, metrics_at: str | None) -> None:
     """Run an RQ worker process (Redis mode, REDIS_URL set): handles messages and sends replies."""
     from .redis_queue import RedisDelivery, WorkerFailed
 
@@ -82,6 +87,16 @@ def worker(burst: bool, threads: int | None, name: str | None) -> None:
     delivery = state.delivery
     if not isinstance(delivery, RedisDelivery):
         raise click.UsageError("set REDIS_URL to use RQ workers; without it each web process handles its messages")
+    metrics_at = metrics_at if metrics_at is not None else state.settings.worker_metrics
+    if metrics_at:
+        address = parse_address(metrics_at)
+        if address is None:
+            raise click.BadParameter(f"expected HOST:PORT, got {metrics_at!r}", param_hint="--metrics")
+        try:
+            host, port = metrics.serve(state.metrics, *address)
+        except OSError as exc:
+            raise click.ClickException(f"cannot serve metrics on {metrics_at}: {exc}") from exc
+        log.info("worker metrics at http://%s:%d/metrics", host, port)
     try:
         delivery.work(burst=burst, name=name, threads=threads or state.settings.worker_threads)
     except WorkerFailed as exc:

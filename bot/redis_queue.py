@@ -163,6 +163,7 @@ class RedisDelivery:
         self.queue.enqueue(
             process_message,
             body,
+            time.time(),  # accepted at: the delivery latency is measured from here
             job_id=job_id,
             depends_on=depends_on,
             retry=Retry(max=JOB_RETRIES - 1),
@@ -185,17 +186,20 @@ class RedisDelivery:
 
     # ------------------------------------------------------------ worker side
 
-    def process(self, body: bytes) -> str:
+    def process(self, body: bytes, accepted_at: float | None = None) -> str:
         """Run one message's handler and send its replies (in an RQ worker)."""
         msg = parse_stored(body, bot_uid=self.bot_uid)
         if msg is None:
             return "no message"
-        outcome = self.dispatcher.handle(msg, self.deliver)
+        outcome = self.dispatcher.handle(msg, lambda request: self.deliver(request, accepted_at))
         self.metrics.handled(outcome)
         return outcome.status
 
-    def deliver(self, request: SendRequest) -> None:
-        """Send a reply now (retrying in place), unless an earlier run of this job already sent it."""
+    def deliver(self, request: SendRequest, accepted_at: float | None = None) -> None:
+        """Send a reply now (retrying in place), unless an earlier run of this job already sent it.
+
+        ``accepted_at``: when the callback it answers was accepted, for the delivery latency metric.
+        """
         sent_key = f"{PREFIX}:sent:{request.muid}"
         if request.muid and self.redis.exists(sent_key):
             log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
@@ -219,6 +223,8 @@ class RedisDelivery:
                 continue
             if request.muid and not request.remember:
                 self.redis.set(sent_key, "{}", ex=self.dedup_ttl)
+            if accepted_at is not None:
+                self.metrics.delivered(accepted_at)
             return
 
     def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
@@ -568,9 +574,10 @@ def _ask_for_parent_death_signal() -> None:
 _current: RedisDelivery | None = None
 
 
-def process_message(body: bytes) -> str:
-    """The RQ job: handle one callback with the worker's app."""
-    return _worker_delivery().process(body)
+def process_message(body: bytes, accepted_at: float | None = None) -> str:
+    """The RQ job: handle one callback with the worker's app (``accepted_at`` is missing in jobs queued by
+    versions before it was added)."""
+    return _worker_delivery().process(body, accepted_at)
 
 
 def send_again(request: str) -> str:

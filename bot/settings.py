@@ -61,6 +61,7 @@ class Settings:
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
     worker_threads: int = 8  # Redis mode: messages handled at once per RQ worker process
+    worker_metrics: str = ""  # Redis mode: "HOST:PORT" where each RQ worker process serves /metrics ("": none)
 
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
@@ -111,6 +112,8 @@ class Settings:
             problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {self.log_level!r})")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):
             problems.append("REDIS_URL must start with redis://, rediss:// or unix://")
+        if self.worker_metrics and parse_address(self.worker_metrics) is None:
+            problems.append(f"WORKER_METRICS must be HOST:PORT, e.g. 0.0.0.0:9100 (got {self.worker_metrics!r})")
         if self.playground not in PLAYGROUND_MODES:
             problems.append(f"PLAYGROUND must be local, all or off (got {self.playground!r})")
         if self.log_format not in ("text", "json"):
@@ -150,3 +153,11 @@ _CREDENTIALS = {
     "COMETCHAT_API_KEY": "api_key",
     "COMETCHAT_BOT_UID": "bot_uid",
 }
+
+
+def parse_address(text: str) -> tuple[str, int] | None:
+    """``"HOST:PORT"`` as (host, port), or None if it is not one (port 0: any free port)."""
+    host, _, port = text.rpartition(":")
+    if not host or not port.isdigit() or int(port) > 65535:
+        return None
+    return host, int(port)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -99,6 +102,12 @@ def test_worker_command_needs_redis(live_settings):
     web = app_module.create_app(live_settings)
     result = web.test_cli_runner().invoke(args=["bot", "worker", "--burst"])
     assert result.exit_code != 0 and "REDIS_URL" in result.output
+
+
+def test_worker_command_refuses_a_metrics_address_without_a_port(settings):
+    web = app_module.create_app(settings)
+    result = web.test_cli_runner().invoke(args=["bot", "worker", "--burst", "--metrics", "localhost"])
+    assert result.exit_code == 2 and "expected HOST:PORT" in result.output
 
 
 def test_worker_command_refuses_zero_threads(settings):
@@ -222,6 +231,35 @@ def test_a_worker_process_that_cannot_reach_redis_exits_with_an_error(settings, 
     assert "Error: Redis cannot be reached (REDIS_URL)" in log.read_text()
 
 
+def test_a_worker_process_serves_its_metrics(settings, fake, basic_auth, tmp_path):
+    """RQ workers serve no HTTP: with WORKER_METRICS each process answers /metrics with its handler, send and
+    delivery figures (the web processes' /metrics has only the callbacks and the queue)."""
+    web = app_module.create_app(settings)
+    log = tmp_path / "worker.log"
+    worker = start_worker({**settings, "WORKER_METRICS": "127.0.0.1:0"}, log, "--threads", "2")
+    try:
+        assert wait_for(lambda: "worker metrics at http://" in log.read_text(), 30), log.read_text()
+        url = re.search(r"worker metrics at (http://\S+)", log.read_text()).group(1)
+        post(web, make_callback("/weather Oslo", bot=BOT_UID), basic_auth)
+        assert wait_for(lambda: fake.texts() == [forecast("Oslo")], 30), log.read_text()
+        assert wait_for(lambda: "cometchat_bot_delivery_seconds_count 1.0" in scrape(url), 10), scrape(url)
+        text = scrape(url)
+        assert 'cometchat_bot_handler_seconds_count{outcome="replied"} 1.0' in text
+        assert "cometchat_bot_send_seconds_count 1.0" in text
+        assert 'cometchat_bot_queue{state="queued"} 0.0' in text
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
+        assert missing.value.code == 404
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(20)
+
+
+def scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return response.read().decode()
+
+
 def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_path):
     web = app_module.create_app(settings)
     delivery: RedisDelivery = bot_app(web).delivery
@@ -240,12 +278,18 @@ def test_a_worker_killed_mid_job_loses_nothing(settings, fake, basic_auth, tmp_p
     finally:
         doomed.kill()  # SIGKILL, mid-job
         doomed.wait(10)
+    # Until Redis has seen the dead worker's connections close, its idle threads' dequeues still wait there and
+    # would take (and lose for a minute, until RQ's maintenance) the jobs pushed below.
+    assert wait_for(lambda: not blocked_dequeues(delivery.redis), 10)
     fake.gate.set()
     # Maintenance finds the job abandoned once the heartbeat lapsed: jump there instead of waiting for it.
     registry.cleanup(timestamp=time.time() + HEARTBEAT_TTL + 1)
     survivor = start_worker(settings, tmp_path / "survivor.log")
     try:
-        assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), (tmp_path / "survivor.log").read_text()
+        assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), (
+            queue_state(delivery),
+            (tmp_path / "survivor.log").read_text(),
+        )
         assert delivery.wait_idle(10)
     finally:
         survivor.send_signal(signal.SIGTERM)
@@ -286,6 +330,20 @@ def test_a_killed_worker_leaves_no_reader_behind_in_redis(settings, tmp_path):
         worker.kill()
         if scheduler is not None:
             os.kill(scheduler, signal.SIGKILL)
+
+
+def queue_state(delivery: RedisDelivery) -> dict:
+    """Where the jobs are (for a failing test's message)."""
+    queue = delivery.queue
+    return {
+        "depth": delivery.depth(),
+        "queued": queue.get_job_ids(),
+        "intermediate": delivery.redis.lrange(queue.intermediate_queue_key, 0, -1),
+        "started": StartedJobRegistry(queue=queue).get_job_ids(),
+        "failed": queue.failed_job_registry.get_job_ids(),
+        "finished": queue.finished_job_registry.get_job_ids(),
+        "clients": [client["cmd"] for client in delivery.redis.client_list()],
+    }
 
 
 def blocked_dequeues(redis: Redis) -> list[dict]:

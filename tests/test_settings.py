@@ -48,6 +48,8 @@ def test_local_mode_without_credentials():
         ({"HANDLER_THREADS": "many"}, "HANDLER_THREADS"),
         ({"MAX_IN_FLIGHT": "0"}, "MAX_IN_FLIGHT"),
         ({"WORKER_THREADS": "0"}, "WORKER_THREADS"),
+        ({"WORKER_METRICS": "9100"}, "WORKER_METRICS"),
+        ({"WORKER_METRICS": "0.0.0.0:99999"}, "WORKER_METRICS"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
