@@ -380,7 +380,9 @@ def test_a_failing_done_is_logged_and_the_loop_goes_on(client, httpserver, caplo
         client.start(send_request(), broken)
         assert called.wait(5)
         assert outcome(client, send_request()) == ({"id": "1"}, None)  # the loop survived
-    assert [r.getMessage() for r in caplog.records] == ["transfer: its completion raised"]
+    # Only the transfer's records: a fake server's thread may log an error meanwhile (the stalled request of the
+    # test above, answered to a client that gave up), seen once in CI-like runs.
+    assert [r.getMessage() for r in caplog.records if r.name == "bot.transfers"] == ["transfer: its completion raised"]
     assert client.in_flight == 0
 
 
