@@ -397,6 +397,10 @@ class ThreadWorker(HeartbeatWorker):
 
     death_penalty_class = TimerDeathPenalty
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.listening = threading.Event()  # registered, scheduler forked (if it runs one), about to take jobs
+
     def request_thread_stop(self) -> None:
         """Stop after the current job (a warm shutdown), or within ``THREAD_POLL`` s if idle."""
         self._stop_requested = True
@@ -406,7 +410,11 @@ class ThreadWorker(HeartbeatWorker):
         return self._stop_requested
 
     def _install_signal_handlers(self) -> None:
-        """Signals are the main thread's (:class:`WorkerProcess`), which passes a stop request on."""
+        """Signals are the main thread's (:class:`WorkerProcess`), which passes a stop request on.
+
+        RQ calls this once the worker is registered and RQ's scheduler forked, just before its loop.
+        """
+        self.listening.set()
 
     @property
     def dequeue_timeout(self) -> int:
@@ -457,9 +465,19 @@ class WorkerProcess:
                 )
                 for n, worker in enumerate(self.workers)
             ]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
+            # The first worker forks RQ's scheduler as it starts; the others start after that, so that none is
+            # opening a Redis connection during the fork (a socket the child has no record of yet, it cannot
+            # close: see _close_inherited_connections).
+            started = threads[:1]
+            threads[0].start()
+            while not self.workers[0].listening.wait(0.1):
+                if not threads[0].is_alive():  # it failed as it started (and stopped the others)
+                    break
+            else:
+                for thread in threads[1:]:
+                    thread.start()
+                    started.append(thread)
+            for thread in started:
                 thread.join()  # interrupted by a signal's handler (on POSIX), which may end the process
         finally:
             for sig, handler in previous.items():
@@ -551,6 +569,8 @@ def _close_inherited_connections() -> None:
     # The pool's own disconnect() would first reset the pool (a new process) and take its lock, which another
     # thread of the parent may have held at the fork: its lists are read directly. In a child, a connection's
     # disconnect() closes only the child's copy of the socket (no shutdown): the parent's connection is intact.
+    # (A connection another thread was opening at the fork has its socket but not yet a record of it: that one
+    # stays open in the child. WorkerProcess starts its other workers after the scheduler's fork for this.)
     inherited = [
         *getattr(_worker_pool, "_available_connections", ()),
         *getattr(_worker_pool, "_in_use_connections", ()),

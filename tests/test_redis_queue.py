@@ -316,6 +316,7 @@ def test_a_killed_worker_leaves_no_reader_behind_in_redis(settings, tmp_path):
     dequeues of a killed worker's idle threads stayed open in Redis and swallowed the next jobs (stuck for a
     minute or two). The scheduler is stopped here so that it cannot end with its worker and close them that way."""
     redis = Redis.from_url(settings["REDIS_URL"])
+    assert wait_for(lambda: not blocked_dequeues(redis), 10), blocked_dequeues(redis)  # none left by other tests
     log = tmp_path / "worker.log"
     worker = start_worker(settings, log, "--threads", "3")
     scheduler = None
