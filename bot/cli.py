@@ -23,7 +23,7 @@ from flask import current_app
 from flask.cli import AppGroup, with_appcontext
 from redis import RedisError
 
-from . import metrics
+from . import health
 from .api import GROUP_CHAT_SETTINGS
 from .client import CometChatClient
 from .errors import CometChatError, TransportError
@@ -93,7 +93,7 @@ def worker(burst: bool, threads: int | None, name: str | None, metrics_at: str |
         if address is None:
             raise click.BadParameter(f"expected HOST:PORT, got {metrics_at!r}", param_hint="--metrics")
         try:
-            host, port = metrics.serve(state.metrics, *address)
+            host, port = health.serve(delivery, state.metrics, *address)
         except OSError as exc:
             raise click.ClickException(f"cannot serve metrics on {metrics_at}: {exc}") from exc
         log.info("worker metrics at http://%s:%d/metrics", host, port)

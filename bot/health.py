@@ -1,5 +1,8 @@
 """Operations endpoints: ``/healthz`` (the process answers), ``/readyz`` (it can accept), ``/metrics``.
 
+Web processes serve them with the app; an RQ worker process, which serves no HTTP, can serve them on an
+address of its own (:func:`serve`, ``WORKER_METRICS``).
+
 ``/readyz`` touches what a callback needs (the journal, or Redis) and reports the
 queue depth, so an operator or a load balancer sees a backlog or a broken store
 before callbacks start failing with 503.
@@ -11,13 +14,16 @@ import dataclasses
 import logging
 import sqlite3
 from typing import Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
-from flask import Blueprint, Response, jsonify
+from flask import Blueprint, Flask, Response, jsonify
+from prometheus_client.exposition import ThreadingWSGIServer
 from redis import RedisError
 
 from .metrics import Metrics
 from .pipeline import Pipeline
 from .redis_queue import RedisDelivery
+from .threads import start_background
 
 log = logging.getLogger(__name__)
 
@@ -48,3 +54,19 @@ def create_health_blueprint(delivery: Pipeline | RedisDelivery, metrics: Metrics
         return Response(body, content_type=content_type)
 
     return bp
+
+
+def serve(delivery: Pipeline | RedisDelivery, metrics: Metrics, host: str, port: int) -> tuple[str, int]:
+    """Answer these endpoints on ``host:port`` from a background thread; returns the address bound (``port`` 0:
+    any free port)."""
+    app = Flask(__name__)
+    app.register_blueprint(create_health_blueprint(delivery, metrics))
+    server = make_server(host, port, app, ThreadingWSGIServer, handler_class=_QuietHandler)
+    start_background(server.serve_forever, "bot-metrics")
+    bound_host, bound_port = server.server_address[:2]
+    return str(bound_host), int(bound_port)
+
+
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: Any) -> None:
+        """No access log: a scrape every few seconds is not news."""

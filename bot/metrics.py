@@ -11,31 +11,26 @@ they are right whichever process answers the scrape.
 Under gunicorn each worker process counts its own callbacks and sends; set
 ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory, before the app starts) to
 have ``/metrics`` sum them over all processes (prometheus-client's
-multiprocess mode). RQ worker processes serve no HTTP: :func:`serve` gives
-each its own ``/metrics`` (``WORKER_METRICS``).
+multiprocess mode). RQ worker processes serve no HTTP: ``bot.health.serve``
+gives each its own ``/metrics`` (``WORKER_METRICS``).
 """
 
 from __future__ import annotations
 
 import os
-import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
-from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from redis import RedisError
 
 from .api import SendRequest
 from .dispatch import Outcome
 from .errors import CometChatError
-from .threads import start_background
 
 PREFIX = "cometchat_bot"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
@@ -81,36 +76,6 @@ class Metrics:
         if self.depth is not None:
             registry = _WithDepth(registry, self.depth)
         return generate_latest(registry), CONTENT_TYPE_LATEST
-
-
-def serve(metrics: Metrics, host: str, port: int) -> tuple[str, int]:
-    """Answer ``GET /metrics`` on ``host:port`` from a background thread (an RQ worker process serves no HTTP);
-    returns the address bound (``port`` 0: any free port)."""
-    server = make_server(host, port, _metrics_app(metrics), ThreadingWSGIServer, handler_class=_QuietHandler)
-    start_background(server.serve_forever, "bot-metrics")
-    bound_host, bound_port = server.server_address[:2]
-    return str(bound_host), int(bound_port)
-
-
-def _metrics_app(metrics: Metrics) -> Callable[[dict[str, Any], Callable[..., Any]], list[bytes]]:
-    def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        if environ.get("PATH_INFO") != "/metrics":
-            start_response("404 Not Found", [("Content-Type", "text/plain")])
-            return [b"not found; the metrics are at /metrics\n"]
-        try:
-            body, content_type = metrics.render()
-        except (RedisError, sqlite3.Error, OSError) as exc:  # the queue depth could not be read
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [f"unavailable: {type(exc).__name__}: {exc}\n".encode()]
-        start_response("200 OK", [("Content-Type", content_type)])
-        return [body]
-
-    return app
-
-
-class _QuietHandler(WSGIRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        """No access log: a scrape every few seconds is not news."""
 
 
 class _WithDepth(Collector):

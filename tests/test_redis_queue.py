@@ -247,6 +247,7 @@ def test_a_worker_process_serves_its_metrics(settings, fake, basic_auth, tmp_pat
         assert 'cometchat_bot_handler_seconds_count{outcome="replied"} 1.0' in text
         assert "cometchat_bot_send_seconds_count 1.0" in text
         assert 'cometchat_bot_queue{state="queued"} 0.0' in text
+        assert json.loads(scrape(url.replace("/metrics", "/readyz")))["status"] == "ready"
         with pytest.raises(urllib.error.HTTPError) as missing:
             urllib.request.urlopen(url.replace("/metrics", "/other"), timeout=10)
         assert missing.value.code == 404
