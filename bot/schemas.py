@@ -276,6 +276,8 @@ def _fast_message(raw: dict) -> dict | None:
     message_id, sender, receiver = raw.get("id"), raw.get("sender"), raw.get("receiver")
     receiver_type, category, type_ = raw.get("receiverType"), raw.get("category"), raw.get("type")
     conversation, data, sent_at = raw.get("conversationId", ""), raw.get("data", {}), raw.get("sentAt")
+    if type(sent_at) is str and sent_at.isascii() and sent_at.isdigit():
+        sent_at = int(sent_at)  # a number sent as a string (PLATFORM.md, "Type mismatches"), read as the schema does
     if (
         type(message_id) is not str
         or type(sender) is not str
