@@ -59,9 +59,25 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
         )  # fmt: skip
         self.depth = depth  # queue depth source, set by the app once its delivery exists
+        self._callbacks = _Children(self.callbacks)
+        self._interactions = _Children(self.interactions)
+        self._handler_seconds = _Children(self.handler_seconds)
+        self._send_errors = _Children(self.send_errors)
+
+    def callback(self, outcome: str) -> None:
+        """Count a callback answered with ``outcome`` (accepted, duplicate, ignored, rejected_<status>)."""
+        self._callbacks[outcome].inc()
+
+    def interaction(self, outcome: str) -> None:
+        """Count a submission answered with ``outcome``."""
+        self._interactions[outcome].inc()
 
     def handled(self, outcome: Outcome) -> None:
-        self.handler_seconds.labels(outcome.status).observe(outcome.seconds)
+        self._handler_seconds[outcome.status].observe(outcome.seconds)
+
+    def send_failed(self, code: str) -> None:
+        """Count a failed attempt to post a reply, by CometChat's error code."""
+        self._send_errors[code].inc()
 
     def delivered(self, accepted_at: float) -> None:
         self.delivery_seconds.observe(max(0.0, time.time() - accepted_at))
@@ -76,6 +92,21 @@ class Metrics:
         if self.depth is not None:
             registry = _WithDepth(registry, self.depth)
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class _Children:
+    """A labelled metric's children by label value, each looked up once: ``labels()`` costs a dozen Python
+    calls, and counting happens several times per message."""
+
+    def __init__(self, metric: Any) -> None:
+        self._metric = metric
+        self._children: dict[str, Any] = {}
+
+    def __getitem__(self, value: str) -> Any:
+        child = self._children.get(value)
+        if child is None:  # two threads may both look it up: labels() gives both the same child
+            child = self._children[value] = self._metric.labels(value)
+        return child
 
 
 class _WithDepth(Collector):
@@ -106,7 +137,7 @@ class MeteredSender:
         def timed(data: Any, error: CometChatError | None) -> None:
             self.metrics.send_seconds.observe(time.perf_counter() - started)
             if error is not None:
-                self.metrics.send_errors.labels(error.code).inc()
+                self.metrics.send_failed(error.code)
             done(data, error)
 
         self.sender.start(request, timed)
@@ -116,7 +147,7 @@ class MeteredSender:
         try:
             return self.sender.attempt(request)
         except CometChatError as error:
-            self.metrics.send_errors.labels(error.code).inc()
+            self.metrics.send_failed(error.code)
             raise
         finally:
             self.metrics.send_seconds.observe(time.perf_counter() - started)

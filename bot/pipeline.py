@@ -422,7 +422,8 @@ class Pipeline:
             self._no_longer_in_flight(1)
             return
         self._finished.append(item)
-        self._finish_wake.set()
+        if not self._finish_wake.is_set():  # under load it mostly is: set() is a Condition round for nothing
+            self._finish_wake.set()
 
     def _finish_loop(self) -> None:
         """The finisher thread: messages whose replies are in leave the inbox, all that are ready in one go.

@@ -135,6 +135,17 @@ def test_missing_or_wrong_basic_auth_gets_401_json(headers, live_app, payload, f
     assert sent(fake_api, live_app) == []
 
 
+@pytest.mark.parametrize(
+    "spelling",
+    ["basic {}", "BASIC {}", "Basic  {}", "Basic {} "],
+    ids=["lower-case", "upper-case", "two-spaces", "trailing-space"],
+)
+def test_other_spellings_of_the_right_credentials_are_accepted(spelling, post, payload, fake_api):
+    """The header as CometChat writes it is compared whole; any other spelling is parsed and compared."""
+    token = base64.b64encode(f"{USERNAME}:{PASSWORD}".encode()).decode()
+    assert post(payload("text_user"), headers={"Authorization": spelling.format(token)}).status_code == 200
+
+
 def test_auth_is_checked_before_anything_is_read(live_app):
     response = live_app.test_client().post(CALLBACK, data="not json", headers={"Content-Type": "text/plain"})
     assert_json_error(response, 401, "unauthorized")
@@ -244,6 +255,18 @@ def test_a_chunked_body_over_the_limit_gets_413_not_a_cut_body(payload, small_ap
     )
     assert_json_error(response, 413, "request_entity_too_large")
     assert sent(fake_api, small_app) == []
+
+
+def test_a_body_shorter_than_its_content_length_gets_400(payload, live_app, basic_auth, fake_api):
+    """The client went away mid-body: a 400, and nothing handled (not a 500, not half a callback)."""
+    body = json.dumps(payload("text_user")).encode()
+    response = live_app.test_client().post(
+        CALLBACK,
+        input_stream=io.BytesIO(body[:100]),
+        headers={"Content-Type": "application/json", "Content-Length": str(len(body)), **basic_auth},
+    )
+    assert_json_error(response, 400)
+    assert sent(fake_api, live_app) == []
 
 
 def test_the_default_limit_is_256_kb(post, payload, live_app):
