@@ -5,9 +5,10 @@ app on a host. Its tables:
 
 * ``inbox``: accepted callbacks not yet handled (one row per message);
 * ``outbox``: replies not yet delivered (one row per CometChat request);
-* ``seen``: message ids and reply muids within the dedup window, so a
-  redelivered callback is not handled twice and a re-run handler does not
-  send a reply twice;
+* ``seen``: the ids of handled messages and the muids of queued replies
+  within the dedup window, so a redelivered callback is not handled twice
+  and a re-run handler does not send a reply twice (a message still in the
+  inbox is its own dedup record);
 * ``dead_letters``: replies that finally failed, kept for inspection;
 * ``sent``: the CometChat ids of replies that later requests refer to (an
   edit of a "working on it..." message, the submissions of a form);
@@ -25,12 +26,15 @@ Writes use ``BEGIN IMMEDIATE`` (no lock upgrades, no deadlocks) and
 killed; only an OS crash or power loss can lose the last commits
 (``JOURNAL_SYNC=full`` closes that too, at a cost per callback).
 
-A new journal uses 1 KB pages (SQLite's default is 4 KB). A commit writes
-every page it changed to the WAL, and a message changes a few pages of
-several tables and indexes: 16 KB of WAL per message instead of 40 KB, an
-accept of ~55 us instead of ~80 us, and in the benchmark harness a callback
-p99 of 16.9-17.8 ms instead of 21.0-21.6 ms (benchmarks/RESULTS.md). A
-journal created with other pages keeps them.
+A new journal uses 2 KB pages (SQLite's default is 4 KB). A commit writes
+every page it changed to the WAL (two write() calls each), and accepting a
+message changes a page of the inbox and of two of its indexes: with 4 KB
+pages that is 17 KB of WAL per message (accepted and finished), with 2 KB
+10.8 KB. 1 KB pages write less (7.6 KB), but a callback of more than ~1 KB
+(the benchmark's are 1.1 KB) then takes an overflow page, allocated and
+freed per message: in the benchmark harness 17.4 write() and 11.2 read()
+calls per callback against 12.8 and 10.0 with 2 KB pages, for the same
+instructions (callgrind). A journal created with other pages keeps them.
 """
 
 from __future__ import annotations
@@ -51,12 +55,13 @@ from typing import Any, TypeVar
 
 from .api import SendRequest
 from .errors import ConfigError
+from .threads import current_pid
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-PAGE_SIZE = 1024  # bytes, for new journals (see the module's docstring)
+PAGE_SIZE = 2048  # bytes, for new journals (see the module's docstring)
 WAL_RESTART_PAGES = 4096  # a WAL longer than this is started over by the next checkpoint (Journal.checkpoint)
 WAL_RESTART_WAIT_MS = 20  # how long that checkpoint waits for other processes' readers and writer
 FINISH_CHUNK = 1000  # messages per transaction of Journal.finish_many
@@ -64,20 +69,21 @@ WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: a WAL file grown past this in a burs
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          INTEGER PRIMARY KEY,  -- (no AUTOINCREMENT: its sqlite_sequence row was one more page per write)
     conversation TEXT    NOT NULL,
     message_id   TEXT    NOT NULL,
     body         BLOB    NOT NULL,  -- the callback as received, re-parsed when another process handles it
     owner        TEXT,              -- NULL: waiting; else the process handling it
     attempts     INTEGER NOT NULL DEFAULT 0,
     accepted_at  REAL    NOT NULL,
-    dedup_key    TEXT,              -- the message's key in ``seen``, remembered ...
-    dedup_until  REAL               -- ... until then (see the trigger inbox_dedup)
+    dedup_key    TEXT,              -- the message's dedup key, unique while it is here, then kept in ``seen`` ...
+    dedup_until  REAL               -- ... until then (see the triggers inbox_seen and inbox_remember)
 );
 CREATE INDEX IF NOT EXISTS inbox_lane ON inbox (conversation, seq);
+CREATE UNIQUE INDEX IF NOT EXISTS inbox_key ON inbox (dedup_key);
 
 CREATE TABLE IF NOT EXISTS outbox (
-    seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+    seq          INTEGER PRIMARY KEY,
     conversation TEXT    NOT NULL,
     message_id   TEXT    NOT NULL,
     path         TEXT    NOT NULL,
@@ -128,13 +134,18 @@ CREATE TABLE IF NOT EXISTS state (
 
 -- Accepting a message and finishing one are single statements (each its own transaction: the fewest round trips
 -- and lock operations on the hot path); these triggers do the rest of the work inside them.
--- A message whose key was seen within the dedup window is not inserted (a redelivery); otherwise its key is
--- remembered.
-CREATE TRIGGER IF NOT EXISTS inbox_dedup BEFORE INSERT ON inbox WHEN NEW.dedup_key IS NOT NULL
+-- Dedup: a message whose key is in the inbox (the unique index inbox_key) or was seen within the dedup window is
+-- not inserted (a redelivery). Its key goes to ``seen`` only when it leaves the inbox, with the other messages
+-- finished in the same transaction: written while accepting, ``seen`` and its index were two more pages in the
+-- WAL per callback.
+CREATE TRIGGER IF NOT EXISTS inbox_seen BEFORE INSERT ON inbox WHEN NEW.dedup_key IS NOT NULL
 BEGIN
     SELECT RAISE(IGNORE) WHERE EXISTS
         (SELECT 1 FROM seen WHERE key = NEW.dedup_key AND expires_at >= NEW.accepted_at);
-    INSERT INTO seen (key, expires_at) VALUES (NEW.dedup_key, NEW.dedup_until)
+END;
+CREATE TRIGGER IF NOT EXISTS inbox_remember AFTER DELETE ON inbox WHEN OLD.dedup_key IS NOT NULL
+BEGIN
+    INSERT INTO seen (key, expires_at) VALUES (OLD.dedup_key, OLD.dedup_until)
         ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at;
 END;
 
@@ -238,8 +249,8 @@ def _meta_json(request: SendRequest) -> str | None:
 
 
 def _migrate(con: sqlite3.Connection) -> None:
-    """Bring a journal written by an earlier version up to this schema (columns added since; tables that do not
-    exist yet are made by the schema)."""
+    """Bring a journal written by an earlier version up to this schema (columns added since, a trigger replaced;
+    tables, indexes and triggers that do not exist yet are made by the schema)."""
     for table, column, kind in (
         ("outbox", "meta", "TEXT"),
         ("dead_letters", "meta", "TEXT"),
@@ -249,6 +260,8 @@ def _migrate(con: sqlite3.Connection) -> None:
         columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
         if columns and column not in columns:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
+    # Wrote a message's key to ``seen`` as it was accepted; now inbox_seen checks and inbox_remember writes it.
+    con.execute("DROP TRIGGER IF EXISTS inbox_dedup")
 
 
 def process_owner() -> str:
@@ -309,7 +322,7 @@ class Journal:
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("NORMAL", "FULL"):
             raise ConfigError("JOURNAL_SYNC must be normal or full")
-        self._pid = os.getpid()
+        self._pid = current_pid()
         self.owner = process_owner()
         self._write_lock = threading.Lock()
         self._local = threading.local()
@@ -324,7 +337,7 @@ class Journal:
 
     def _connection(self) -> sqlite3.Connection:
         """One connection per thread and process (sqlite3 connections must not cross a fork)."""
-        pid = os.getpid()
+        pid = current_pid()
         con = getattr(self._local, "con", None)
         if con is None or self._local.pid != pid:
             if self._pid != pid:  # a forked child: a new owner id, and a write lock no thread holds
@@ -438,12 +451,12 @@ class Journal:
             "INSERT INTO inbox (conversation, message_id, body, owner, attempts, accepted_at, dedup_key, dedup_until)"
             " SELECT ?1, ?2, ?3, lane_free.ok, lane_free.ok IS NOT NULL, ?5, ?6, ?7 FROM"
             " (SELECT CASE WHEN EXISTS (SELECT 1 FROM inbox WHERE conversation = ?1) THEN NULL ELSE ?4 END AS ok)"
-            " AS lane_free RETURNING seq, owner, owner IS NOT NULL AND"
+            " AS lane_free WHERE true ON CONFLICT (dedup_key) DO NOTHING RETURNING seq, owner, owner IS NOT NULL AND"
             " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)",
             (conversation, message_id, body, owner, now, f"m\x1f{bot}\x1f{message_id}", now + ttl),
         )
         if not rows:
-            return False  # the trigger inbox_dedup found it within the dedup window
+            return False  # still in the inbox (inbox_key), or seen within the dedup window (trigger inbox_seen)
         seq, claimed_by, replies_waiting = rows[0]
         if claimed_by is None:
             return True
@@ -466,18 +479,8 @@ class Journal:
 
     def finish_inbox(self, item: InboxItem) -> InboxItem | None:
         """Drop a handled message and claim the next one of its conversation, if one waits (trigger inbox_next)."""
-        con = self._connection()
-        with self._write_lock:
-            before = con.total_changes  # counts the trigger's claim too
-            self._retrying(lambda: con.execute("DELETE FROM inbox WHERE seq = ?", (item.seq,)))
-            claimed_next = con.total_changes - before > 1
-        if not claimed_next:
-            return None
-        rows = self._read(
-            f"SELECT {_INBOX_COLUMNS} FROM inbox WHERE conversation = ? AND owner = ? ORDER BY seq LIMIT 1",
-            (item.conversation, self.owner),
-        )
-        return _inbox_item(rows[0]) if rows else None
+        following = self.finish_many([item])
+        return following[0] if following else None
 
     def finish_many(self, items: Sequence[InboxItem]) -> list[InboxItem]:
         """Drop several handled messages in one transaction; returns the next messages of their conversations
@@ -486,9 +489,6 @@ class Journal:
         One DELETE for all of them rather than one per message: the other processes' callbacks wait for the
         database lock this holds, and each call into SQLite was also a wait for the GIL while holding it.
         """
-        if len(items) == 1:
-            following = self.finish_inbox(items[0])
-            return [] if following is None else [following]
         if len(items) > FINISH_CHUNK:  # SQLite allows 32,766 parameters per statement
             return [
                 row

@@ -33,7 +33,6 @@ from __future__ import annotations
 import atexit
 import logging
 import math
-import os
 import queue
 import sqlite3
 import threading
@@ -52,7 +51,7 @@ from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
 from .schemas import parse_stored
-from .threads import start_background
+from .threads import current_pid, start_background
 
 log = logging.getLogger(__name__)
 
@@ -129,9 +128,9 @@ class Pipeline:
     def start(self) -> None:
         """Start this process's claimer (again after a fork: threads do not survive one)."""
         with self._lock:
-            if self._pid == os.getpid() and not self._stopping:
+            if self._pid == current_pid() and not self._stopping:
                 return
-            self._pid = os.getpid()
+            self._pid = current_pid()
             self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._finished.clear()  # after a fork: the parent's, not this process's
@@ -153,7 +152,7 @@ class Pipeline:
         """
         timeout = self.options.drain_timeout if timeout is None else timeout
         with self._lock:
-            if self._pid != os.getpid() or self._stopping:
+            if self._pid != current_pid() or self._stopping:
                 return True
             self._stopping = True
         self._drain_now.set()
@@ -210,7 +209,7 @@ class Pipeline:
 
         ``dedup_ttl`` overrides how long the message id is remembered against a redelivery.
         """
-        if self._pid != os.getpid():
+        if self._pid != current_pid():
             self.start()
         claim = self._reserve("handler")
         try:

@@ -28,6 +28,27 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 
+_pid = os.getpid()
+
+
+def _forked() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
+def current_pid() -> int:
+    """This process's id, as ``os.getpid()`` without its system call (glibc no longer caches it).
+
+    The pipeline, the journal and the transfer loop each ask several times
+    per message whether they run in the process that made them (threads and
+    connections do not survive a fork).
+    """
+    return _pid
+
+
 def start_background(target: Callable[[], object], name: str) -> threading.Thread:
     """Start a daemon thread running ``target`` under the background scheduling policy."""
     thread = threading.Thread(target=_run_in_background, args=(target,), name=name, daemon=True)

@@ -34,7 +34,7 @@ from collections.abc import Callable
 import pycurl
 
 from .errors import TransportError
-from .threads import start_background
+from .threads import current_pid, start_background
 
 log = logging.getLogger(__name__)
 
@@ -59,12 +59,12 @@ class Transfers:
     def in_flight(self) -> int:
         """Exchanges started and not yet done in this process (a hint for back-pressure)."""
         loop = self._loop
-        return loop.in_flight if loop is not None and loop.pid == os.getpid() else 0
+        return loop.in_flight if loop is not None and loop.pid == current_pid() else 0
 
     def handle(self) -> pycurl.Curl:
         """A curl handle to prepare for :meth:`start` (a used one when there is one)."""
         loop = self._loop
-        if loop is not None and loop.pid == os.getpid():
+        if loop is not None and loop.pid == current_pid():
             with loop.lock:
                 if loop.free:
                     return loop.free.pop()
@@ -73,10 +73,10 @@ class Transfers:
     def start(self, handle: pycurl.Curl, done: Done) -> None:
         """Run the prepared ``handle``'s exchange on the loop thread; ``done`` is called there when it ends."""
         loop = self._loop
-        if loop is None or loop.pid != os.getpid() or not loop.alive:  # not started, closed, failed, or forked
+        if loop is None or loop.pid != current_pid() or not loop.alive:  # not started, closed, failed, or forked
             with self._lock:
                 loop = self._loop
-                if loop is None or loop.pid != os.getpid() or not loop.alive:
+                if loop is None or loop.pid != current_pid() or not loop.alive:
                     loop = self._loop = _Loop(self.max_connections)
         loop.start(handle, done)
 
@@ -84,7 +84,7 @@ class Transfers:
         """Stop the loop thread (exchanges still running are abandoned: their ``done`` is not called)."""
         with self._lock:
             loop, self._loop = self._loop, None
-        if loop is not None and loop.pid == os.getpid():
+        if loop is not None and loop.pid == current_pid():
             loop.stop()
 
 
@@ -92,7 +92,7 @@ class _Loop:
     """One thread, one multi handle, and what they share with the threads that start exchanges."""
 
     def __init__(self, max_connections: int) -> None:
-        self.pid = os.getpid()
+        self.pid = current_pid()
         self.lock = threading.Lock()
         self.free: list[pycurl.Curl] = []  # handles done with, for reuse
         self.in_flight = 0

@@ -62,9 +62,20 @@ def test_redelivered_message_is_a_duplicate_per_bot(journal):
 
 def test_message_id_is_forgotten_after_the_dedup_window(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.05)
-    assert accept(journal, "1") is not False
+    first = accept(journal, "1")
+    journal.finish_inbox(first)
+    assert accept(journal, "1") is False  # handled, and remembered
     time.sleep(0.06)  # the window is the behaviour under test, not a wait for another thread
     assert accept(journal, "1", conversation="c2") is not False
+
+
+def test_a_message_still_waiting_is_a_duplicate_however_old(tmp_path):
+    """The window counts from acceptance, but a redelivery of a message not yet handled is never taken again."""
+    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.05)
+    assert accept(journal, "1") is not False
+    time.sleep(0.06)
+    assert accept(journal, "1", conversation="c2") is False
+    assert journal.depth().inbox == 1
 
 
 def test_a_second_message_waits_for_the_first_of_its_conversation(journal):
@@ -223,10 +234,10 @@ def test_release_gives_claimed_rows_back(journal):
 
 def test_purge_forgets_expired_keys_only(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.0)
-    accept(journal, "1")
+    journal.finish_inbox(accept(journal, "1"))  # a key is in ``seen`` once its message left the inbox
     assert journal.purge_seen() == 1
     long = Journal(tmp_path / "k.sqlite3", dedup_ttl=3600)
-    accept(long, "1")
+    long.finish_inbox(accept(long, "1"))
     assert long.purge_seen() == 0
 
 
@@ -332,7 +343,7 @@ def page_size(path) -> int:
 def test_a_new_journal_uses_small_pages(tmp_path):
     journal = Journal(tmp_path / "j.sqlite3")
     accept(journal, "m1")
-    assert page_size(tmp_path / "j.sqlite3") == 1024
+    assert page_size(tmp_path / "j.sqlite3") == journal_module.PAGE_SIZE == 2048
     with sqlite3.connect(tmp_path / "j.sqlite3") as con:
         assert con.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
 
@@ -347,6 +358,32 @@ def test_a_journal_with_other_pages_keeps_them_and_works(tmp_path):
     item = accept(journal, "m1")
     assert isinstance(item, InboxItem) and accept(journal, "m1") is False
     assert page_size(path) == 4096
+
+
+def test_a_journal_of_the_version_that_wrote_seen_on_accepting_keeps_deduplicating(tmp_path):
+    """Until this version a trigger wrote each message's key to ``seen`` as it was accepted; it is replaced."""
+    path = tmp_path / "j.sqlite3"
+    accept(Journal(path), "old", claim=False)
+    with sqlite3.connect(path) as con:  # as the earlier version left it: its trigger, the key already in seen
+        con.execute("DROP TRIGGER inbox_seen")
+        con.execute(
+            "CREATE TRIGGER inbox_dedup BEFORE INSERT ON inbox WHEN NEW.dedup_key IS NOT NULL BEGIN"
+            " SELECT RAISE(IGNORE) WHERE EXISTS (SELECT 1 FROM seen WHERE key = NEW.dedup_key"
+            " AND expires_at >= NEW.accepted_at);"
+            " INSERT INTO seen (key, expires_at) VALUES (NEW.dedup_key, NEW.dedup_until)"
+            " ON CONFLICT (key) DO UPDATE SET expires_at = excluded.expires_at; END"
+        )
+        con.execute("INSERT INTO seen (key, expires_at) VALUES ('m\x1fbot\x1fold', 9e9)")
+    journal = Journal(path)
+    with sqlite3.connect(path) as con:
+        triggers = {row[0] for row in con.execute("SELECT name FROM sqlite_master WHERE type = 'trigger'")}
+    assert "inbox_dedup" not in triggers and {"inbox_seen", "inbox_remember"} <= triggers
+    assert accept(journal, "old") is False  # waiting in the inbox
+    [waiting] = journal.claim_inbox(5)
+    journal.finish_inbox(waiting)
+    assert accept(journal, "old") is False  # handled
+    assert isinstance(accept(journal, "new"), InboxItem)
+    assert accept(journal, "new") is False
 
 
 def test_the_wal_starts_over_while_writes_go_on(tmp_path, monkeypatch):

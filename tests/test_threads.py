@@ -1,4 +1,5 @@
-"""bot/threads.py: background threads run under SCHED_BATCH, so waking them does not preempt the request thread."""
+"""bot/threads.py: background threads run under SCHED_BATCH, so waking them does not preempt the request thread;
+the process id without a system call."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import threading
 
 import pytest
 
-from bot.threads import start_background, use_background_policy
+from bot.threads import current_pid, start_background, use_background_policy
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
 
@@ -56,3 +57,17 @@ def test_without_the_policy_the_thread_runs_as_usual(monkeypatch):
     ran = threading.Event()
     start_background(ran.set, "bot-test").join(5)
     assert ran.is_set()
+
+
+def test_current_pid_is_the_process_id_also_in_a_forked_child():
+    assert current_pid() == os.getpid()
+    read, write = os.pipe()
+    child = os.fork()
+    if child == 0:  # the child reports both ids and leaves at once, without pytest's exit handlers
+        os.write(write, f"{current_pid()} {os.getpid()}".encode())
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        reported, actual = pipe.read().split()
+    os.waitpid(child, 0)
+    assert reported == actual == str(child)
