@@ -4,11 +4,6 @@
 # With REDIS_URL set, run workers from the same image: docker run --env-file .env my-bot flask --app app bot worker
 FROM python:3.11-slim
 
-# pycurl builds against libcurl.
-RUN apt-get update \
- && apt-get install -y --no-install-recommends gcc libcurl4-openssl-dev libssl-dev \
- && rm -rf /var/lib/apt/lists/*
-
 WORKDIR /app
 COPY requirements.txt .
 RUN pip install --no-cache-dir -r requirements.txt

@@ -1,15 +1,16 @@
 """Senders: what delivers a :class:`SendRequest`.
 
-* :class:`CometChatClient` posts to CometChat's REST API over libcurl
-  (pycurl): blocking (one keep-alive connection per calling thread) or, for
-  the pipeline, without blocking (``start``: one thread drives every
-  exchange in flight, bot/transfers.py); connect and total timeouts,
-  retries with exponential backoff and full jitter on 429
+* :class:`CometChatClient` posts to CometChat's REST API over keep-alive
+  HTTP/1.1 connections that one thread drives (bot/transfers.py), without
+  blocking for the pipeline (``start``: the answer comes to a callback) or
+  blocking for scripts and the CLI (``attempt``, ``send``); connect and
+  total timeouts, retries with exponential backoff and full jitter on 429
   (honouring ``Retry-After``), 5xx and network errors, never on other 4xx;
-  failures raise typed errors carrying CometChat's error code. libcurl
-  because the client side of a request is most of a reply's CPU cost:
-  measured here against the harness's fake, one POST costs ~75 us of CPU
-  with pycurl, ~270 us with urllib3 and ~800 us with ``requests``.
+  failures raise typed errors carrying CometChat's error code. Its own
+  small HTTP client because the client side of a request is much of a
+  reply's CPU cost: measured against the harness's fake, one POST costs
+  ~86,000 instructions on a socket with bot/http.py, ~153,000 with
+  libcurl (pycurl), more with urllib3 or ``requests``.
 * :class:`LocalSender` is local mode (no CometChat account): it prints the
   replies and keeps the latest ones, for the console, tests and the playground.
 
@@ -20,11 +21,11 @@ pipeline schedules its own retries instead).
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import logging
 import random
+import ssl
 import threading
 import time
 from collections import deque
@@ -33,14 +34,13 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-import pycurl
-
 from . import api
 from .api import SendRequest
 from .errors import CometChatError, TransportError, UnknownReference, error_for_status
+from .http import Response, header_lines, request_bytes, split_base_url
 from .message import Target
 from .settings import Settings
-from .transfers import Transfers
+from .transfers import Exchange, Transfers
 
 if TYPE_CHECKING:
     from .emulator import Emulator
@@ -129,23 +129,34 @@ class CometChatClient:
         timeout: float = 10.0,
         retry: RetryPolicy | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        ssl_context: ssl.SSLContext | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        """``ssl_context``: the certificates to trust (default: the system's, ``ssl.create_default_context()``)."""
+        self.base_url = base_url
         self.bot_uid = bot_uid
         self.retry = retry or RetryPolicy()
         self.timeout = timeout
         self._sleep = sleep
-        self._headers = [
-            f"apikey: {api_key}",
-            "Accept: application/json",
-            "Content-Type: application/json",
-            "User-Agent: cometchat-bot-flask",
-            "Expect:",  # libcurl would wait for "100 Continue" before a body over 1 KB
-        ]
-        self._local = threading.local()  # a curl handle (and its keep-alive connection) per thread
-        self._handles: list[pycurl.Curl] = []
-        self._handles_lock = threading.Lock()
-        self._transfers = Transfers()  # what start() uses: one thread drives every exchange in flight
+        self._head = header_lines(
+            [
+                ("apikey", api_key),
+                ("Accept", "application/json"),
+                ("Content-Type", "application/json"),
+                ("User-Agent", "cometchat-bot-flask"),
+            ]
+        )
+        # One thread drives every exchange in flight, for start() and the blocking calls alike.
+        self._transfers = Transfers(timeout=timeout, connect_timeout=min(5.0, timeout), ssl_context=ssl_context)
+
+    @property
+    def base_url(self) -> str:
+        """The API's base, e.g. ``https://{appId}.api-{region}.cometchat.io/v3``."""
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, url: str) -> None:
+        origin, prefix = split_base_url(url)
+        self._base_url, self._origin, self._prefix = url.rstrip("/"), origin, prefix
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> CometChatClient:
@@ -154,22 +165,8 @@ class CometChatClient:
         return cls(settings.base_url, settings.api_key, timeout=settings.http_timeout, retry=retry, **kwargs)
 
     def close(self) -> None:
-        with self._handles_lock:
-            for handle in self._handles:
-                handle.close()
-            self._handles.clear()
-        self._local = threading.local()
+        """Stop the transfer thread and close its connections (a later call starts them again)."""
         self._transfers.close()
-
-    def _handle(self) -> pycurl.Curl:
-        handle = getattr(self._local, "handle", None)
-        if handle is None:
-            handle = pycurl.Curl()
-            self._configure(handle)
-            self._local.handle = handle
-            with self._handles_lock:
-                self._handles.append(handle)
-        return handle
 
     def send(self, request: SendRequest) -> Any:
         """Perform a request, retrying what can be retried; returns the answer's ``data``."""
@@ -199,8 +196,7 @@ class CometChatClient:
 
     def request(self, method: str, path: str, body: Any = None, *, headers: dict[str, str] | None = None) -> Any:
         """One attempt. Returns the answer's ``data``; raises a :class:`CometChatError` subclass."""
-        status, response_headers, content = self._perform(method, path, body, headers)
-        return answer_data(status, _json_or_none(content), response_headers)
+        return _data(self._transfers.request(self._exchange(method, path, body, headers)))
 
     # ------------------------------------------------------------------ the calls of bot/api.py, with retries
 
@@ -272,102 +268,48 @@ class CometChatClient:
         """A user (``ERR_UID_NOT_FOUND`` if none, or deactivated)."""
         return self.send(api.get_user(uid))
 
-    def _perform(
-        self, method: str, path: str, body: Any, headers: dict[str, str] | None
-    ) -> tuple[int, dict[str, str], bytes]:
-        """One HTTP exchange: (status, response headers by lower-case name, body); TransportError if none happened."""
-        handle = self._handle()
-        exchange = self._prepare(handle, method, path, body, headers)
-        try:
-            handle.perform()
-        except pycurl.error as exc:
-            code, text = exc.args if len(exc.args) == 2 else (0, str(exc))
-            self._discard(handle)  # a connection in an unknown state is not reused
-            raise TransportError(f"curl error {code}: {text}") from exc
-        status = handle.getinfo(pycurl.RESPONSE_CODE)
-        return status, exchange.headers(status), exchange.content.getvalue()
-
     def start(self, request: SendRequest, done: Callable[[Any, CometChatError | None], None]) -> None:
         """One try at ``request`` without blocking: ``done(data, None)`` or ``done(None, error)`` is called later,
         on the transfer thread (bot/transfers.py), when CometChat has answered."""
         if request.ref:
             raise ValueError(f"{request.describe()} still refers to reply {request.ref}; resolve it first")
-        handle = self._transfers.handle()
-        if not getattr(handle, "configured", False):
-            self._configure(handle)
-            handle.configured = True
-        exchange = self._prepare(handle, request.method, request.path, request.body, dict(request.headers))
+        exchange = self._exchange(request.method, request.path, request.body, request.headers)
 
-        def finished(handle: pycurl.Curl, error: TransportError | None) -> None:
+        def finished(response: Response | None, error: TransportError | None) -> None:
             if error is not None:
                 done(None, error)
                 return
-            status = handle.getinfo(pycurl.RESPONSE_CODE)
+            assert response is not None
             try:
-                data = answer_data(status, _json_or_none(exchange.content.getvalue()), exchange.headers(status))
+                data = _data(response)
             except CometChatError as failure:
                 done(None, failure)
                 return
             done(data, None)
 
-        self._transfers.start(handle, finished)
+        self._transfers.start(exchange, finished)
 
     @property
     def in_flight(self) -> int:
         """Requests started with :meth:`start` and not yet answered (in this process)."""
         return self._transfers.in_flight
 
-    def _configure(self, handle: pycurl.Curl) -> None:
-        handle.setopt(pycurl.NOSIGNAL, 1)  # timeouts without SIGALRM: we run in threads
-        handle.setopt(pycurl.CONNECTTIMEOUT_MS, int(min(5.0, self.timeout) * 1000))
-        handle.setopt(pycurl.TIMEOUT_MS, int(self.timeout * 1000))
-        handle.setopt(pycurl.PROTOCOLS, pycurl.PROTO_HTTP | pycurl.PROTO_HTTPS)
-
-    def _prepare(
-        self, handle: pycurl.Curl, method: str, path: str, body: Any, headers: dict[str, str] | None
-    ) -> _Exchange:
-        exchange = _Exchange()
-        handle.setopt(pycurl.URL, self.base_url + path)
-        handle.setopt(pycurl.HTTPHEADER, self._headers + [f"{k}: {v}" for k, v in (headers or {}).items()])
+    def _exchange(self, method: str, path: str, body: Any, headers: Mapping[str, str] | None) -> Exchange:
+        if not path.startswith("/") or any(c in path for c in " \t\r\n"):
+            raise ValueError(f"not a request path: {path!r}")
         if method == "GET":
-            handle.setopt(pycurl.HTTPGET, 1)  # no request body (this also drops an earlier request's body)
+            payload = None  # no body, no Content-Length
         else:  # a body, or an empty one (Content-Length: 0) for POST/DELETE calls that take none
             payload = b"" if body is None else json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
-            handle.setopt(pycurl.POSTFIELDS, payload)
-        handle.setopt(pycurl.CUSTOMREQUEST, method)
-        handle.setopt(pycurl.WRITEDATA, exchange.content)
-        handle.setopt(pycurl.HEADERFUNCTION, exchange.raw_headers.write)
-        return exchange
-
-    def _discard(self, handle: pycurl.Curl) -> None:
-        self._local.handle = None
-        with self._handles_lock:
-            if handle in self._handles:
-                self._handles.remove(handle)
-        handle.close()
+        head = self._head + header_lines(dict(headers)) if headers else self._head
+        data = request_bytes(method, self._prefix + path, self._origin, head, payload)
+        return Exchange(self._origin, data, expect_body=method != "HEAD")
 
 
-class _Exchange:
-    """What one exchange wrote: the body, and the header lines (kept raw; read only when they are needed)."""
-
-    __slots__ = ("content", "raw_headers")
-
-    def __init__(self) -> None:
-        self.content = io.BytesIO()
-        self.raw_headers = io.BytesIO()
-
-    def headers(self, status: int = 0) -> dict[str, str]:
-        """The last response's headers by lower-case name; none for a success (``status`` < 300): unused there."""
-        if 0 < status < 300:
-            return {}
-        headers: dict[str, str] = {}
-        for line in self.raw_headers.getvalue().decode("latin-1").split("\r\n"):
-            name, sep, value = line.partition(":")
-            if sep:
-                headers[name.strip().lower()] = value.strip()
-            elif name.startswith("HTTP/"):
-                headers.clear()  # a new response (after a redirect or "100 Continue")
-        return headers
+def _data(response: Response) -> Any:
+    """What :func:`answer_data` makes of an answer (its headers are read only for a failure)."""
+    headers = response.headers if response.status >= 300 else None
+    return answer_data(response.status, _json_or_none(response.body), headers)
 
 
 def answer_data(status: int, payload: Any, headers: Mapping[str, str] | None = None) -> Any:

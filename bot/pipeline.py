@@ -5,8 +5,8 @@ and returns; nothing slow happens before the 200. Then, per process:
 
 * handler threads run the dispatcher for a message. The replies its handler
   returned are handed, in order, to the sender's transfer thread
-  (bot/transfers.py: one libcurl multi handle drives every request in
-  flight), which posts them one after the other; then a finisher thread
+  (bot/transfers.py: one thread drives every request in flight), which
+  posts them one after the other; then a finisher thread
   takes the message out of the inbox (with the others that are done, in
   one transaction) and gives the conversation's next message to a handler
   thread. That needs no journal write per reply and no thread blocked per

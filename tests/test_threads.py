@@ -71,3 +71,15 @@ def test_current_pid_is_the_process_id_also_in_a_forked_child():
         reported, actual = pipe.read().split()
     os.waitpid(child, 0)
     assert reported == actual == str(child)
+
+
+@linux_only
+def test_a_background_thread_carries_its_name_at_the_os_level():
+    names: list[str] = []
+
+    def report() -> None:
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm") as comm:
+            names.append(comm.read().strip())
+
+    start_background(report, "bot-a-long-thread-name").join(5)
+    assert names == ["bot-a-long-thre"]  # the kernel keeps 15 bytes
