@@ -316,7 +316,7 @@ def test_connection_refused_is_a_transport_error_and_retried(make_client, sleeps
 
 
 def test_a_connection_error_does_not_break_the_next_request(make_client, httpserver, api_answer):
-    """The curl handle of a failed transfer is dropped; the next request on the thread gets a fresh one."""
+    """A failed exchange leaves nothing behind: the next request (to another origin) goes through."""
     client = make_client(max_retries=0, base_url=f"http://127.0.0.1:{closed_port()}/v3")
     with pytest.raises(TransportError):
         client.attempt(send_request())

@@ -175,7 +175,7 @@ def test_a_second_sigterm_stops_a_worker_process_without_waiting_for_its_jobs(se
     for _, body, _ in weather_messages(users=2, per_user=1):
         post(web, body, basic_auth)
     log = tmp_path / "worker.log"
-    # Both jobs block in libcurl for up to 30 s (the fake's gate): the signals are handled at once regardless,
+    # Both jobs wait for the API's answer for up to 30 s (the fake's gate): the signals are handled at once regardless,
     # since the main thread runs no job.
     worker = start_worker({**settings, "COMETCHAT_TIMEOUT": "60"}, log, "--threads", "2")
     try:
