@@ -262,6 +262,18 @@ def _migrate(con: sqlite3.Connection) -> None:
             con.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
     # Wrote a message's key to ``seen`` as it was accepted; now inbox_seen checks and inbox_remember writes it.
     con.execute("DROP TRIGGER IF EXISTS inbox_dedup")
+    # The unique index inbox_key is new. Before it, a message still waiting after its dedup window could be
+    # accepted a second time when redelivered: such a later copy keeps its row (it is handled, as it was then)
+    # but not the key, or the index could not be made and the journal would not open.
+    if _exists(con, "table", "inbox") and not _exists(con, "index", "inbox_key"):
+        con.execute(
+            "UPDATE inbox SET dedup_key = NULL WHERE dedup_key IS NOT NULL AND seq NOT IN"
+            " (SELECT min(seq) FROM inbox WHERE dedup_key IS NOT NULL GROUP BY dedup_key)"
+        )
+
+
+def _exists(con: sqlite3.Connection, kind: str, name: str) -> bool:
+    return con.execute("SELECT 1 FROM sqlite_master WHERE type = ? AND name = ?", (kind, name)).fetchone() is not None
 
 
 def process_owner() -> str:

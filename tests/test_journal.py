@@ -386,6 +386,29 @@ def test_a_journal_of_the_version_that_wrote_seen_on_accepting_keeps_deduplicati
     assert accept(journal, "new") is False
 
 
+def test_a_journal_that_holds_a_message_twice_opens_and_handles_both(tmp_path):
+    """An earlier version accepted a redelivery again once the first copy had waited past the dedup window; the
+    unique index on the key that came since could not be made over such rows, and the journal would not open."""
+    path = tmp_path / "j.sqlite3"
+    accept(Journal(path), "twice", claim=False)
+    with sqlite3.connect(path) as con:  # as the earlier version could leave it: no index, the message twice
+        con.execute("DROP INDEX inbox_key")
+        con.execute(
+            "INSERT INTO inbox (conversation, message_id, body, attempts, accepted_at, dedup_key, dedup_until)"
+            " SELECT conversation, message_id, body, 0, accepted_at + 1, dedup_key, dedup_until FROM inbox"
+        )
+    journal = Journal(path)
+    with sqlite3.connect(path) as con:
+        keys = [row[0] for row in con.execute("SELECT dedup_key FROM inbox ORDER BY seq")]
+        assert con.execute("SELECT 1 FROM sqlite_master WHERE type = 'index' AND name = 'inbox_key'").fetchone()
+    assert keys == ["m\x1fbot\x1ftwice", None]  # the first copy keeps the key
+    assert accept(journal, "twice") is False  # deduplicated against the first copy
+    [first] = journal.claim_inbox(5)  # one lane: the second copy waits for the first
+    second = journal.finish_inbox(first) or journal.claim_inbox(5)[0]
+    assert (first.message_id, second.message_id) == ("twice", "twice") and second.seq > first.seq
+    assert accept(journal, "twice") is False  # the first copy's key is in ``seen`` now
+
+
 def test_the_wal_starts_over_while_writes_go_on(tmp_path, monkeypatch):
     # A PASSIVE checkpoint never catches up with a writer that does not pause, and the WAL only starts over after
     # one did: it grew with every message (150 MB in 8 s of the benchmark). Journal.checkpoint restarts it.
