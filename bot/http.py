@@ -210,10 +210,10 @@ class ResponseParser:
                     return self._response()
                 continue
             size_text = line.split(b";", 1)[0].strip()
-            try:
-                size = int(size_text, 16)
-            except ValueError:
-                raise ProtocolError(f"not a chunk size: {size_text[:20]!r}") from None
+            # Hex digits only: int() would also take a sign, "0x" and underscores ("-5" looped on the next line).
+            if not size_text or size_text.strip(b"0123456789abcdefABCDEF"):
+                raise ProtocolError(f"not a chunk size: {size_text[:20]!r}")
+            size = int(size_text, 16)
             if size == 0:
                 self._chunk_left = -2
             elif len(self._body) + size > MAX_BODY:

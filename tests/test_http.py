@@ -161,12 +161,15 @@ def test_repeated_and_odd_headers_are_read_leniently():
         (b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", "out of range"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % (MAX_BODY + 1), "out of range"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n-5\r\nabc\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x2\r\nab\r\n", "chunk size"),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n\r\n", "chunk size"),
         (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabXY", "CRLF"),
         (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}extra", "after the answer"),
         (b"HTTP/1.1 200 OK\r\n" + b"X-Long: " + b"x" * (70 * 1024), "headers"),
     ],
-    ids=["not-http", "bad-status", "bad-length", "negative-length", "huge-length", "bad-chunk", "chunk-end",
-         "extra-bytes", "endless-headers"],
+    ids=["not-http", "bad-status", "bad-length", "negative-length", "huge-length", "bad-chunk", "signed-chunk",
+         "prefixed-chunk", "empty-chunk-size", "chunk-end", "extra-bytes", "endless-headers"],
 )  # fmt: skip
 def test_what_is_not_an_answer_is_a_protocol_error(data, words):
     with pytest.raises(ProtocolError, match=words):
