@@ -297,19 +297,17 @@ def test_in_flight_counts_the_requests_started_and_not_answered(make_client, thr
     assert client.in_flight == 0
 
 
+OK_ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{"data": {"id": "1"}}'
+
+
 def test_sequential_requests_reuse_one_keep_alive_connection(client):
-    body = b'{"data": {"id": "1"}}'
-    answer = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
-    server = RawServer(answer, answer, answer)  # werkzeug (pytest-httpserver) closes every connection
+    server = RawServer(OK_ANSWER, OK_ANSWER, OK_ANSWER)  # werkzeug (pytest-httpserver) closes every connection
     client.base_url = f"http://127.0.0.1:{server.port}/v3"
 
     for _ in range(3):
         assert outcome(client, send_request()) == ({"id": "1"}, None)
 
-    assert server.connections == 1  # each handle went back for reuse, its connection to the multi handle's pool
-
-
-OK_ANSWER = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 21\r\n\r\n{"data": {"id": "1"}}'
+    assert server.connections == 1  # each exchange's connection went back to the pool and was reused
 
 
 def test_an_idle_connection_the_server_closed_is_not_reused(client):
