@@ -15,7 +15,7 @@ import os
 import sys
 import tempfile
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
@@ -28,6 +28,9 @@ from .api import GROUP_CHAT_SETTINGS
 from .client import CometChatClient
 from .errors import CometChatError, TransportError
 from .settings import Settings, parse_address
+
+if TYPE_CHECKING:
+    from .testing import BotTestClient
 
 log = logging.getLogger(__name__)
 
@@ -56,20 +59,28 @@ def routes() -> None:
 @click.option("--group", default=None, help="Send it to this group (guid) instead of 1:1 to the bot.")
 def say(text: str, sender: str, group: str | None) -> None:
     """Run one message through the handlers and print the replies (nothing is sent to CometChat)."""
-    from .testing import BotTestClient, make_callback
+    from .testing import make_callback
 
     state = _state()
     bot_uid = state.settings.bot_uid or "bot"
-    with BotTestClient.for_routers(state.router, settings=_offline(state.settings)) as client:
+    with _offline_client(state) as client:
         replies = client.send_payload(make_callback(text, sender=sender, group=group, bot=bot_uid))
     _print_replies(replies)
 
 
-def _offline(settings: Settings) -> Settings:
-    """The app's settings (state TTL, loop guard, public URL, ...) for a run that sends nothing and stays apart:
-    a journal of its own, no Redis, no playground."""
-    folder = tempfile.mkdtemp(prefix="bot-cli-")
-    return settings.replace(journal_path=os.path.join(folder, "journal.sqlite3"), redis_url="", playground="off")
+@contextlib.contextmanager
+def _offline_client(state: Any) -> Iterator[BotTestClient]:
+    """A test client over the app's handlers and settings (state TTL, loop guard, public URL, ...) for a run
+    that sends nothing and stays apart: no Redis, no playground, and a journal of its own in a temporary folder
+    that is removed afterwards (a ``say`` run after run leaves nothing in /tmp)."""
+    from .testing import BotTestClient
+
+    with tempfile.TemporaryDirectory(prefix="bot-cli-") as folder:
+        settings = state.settings.replace(
+            journal_path=os.path.join(folder, "journal.sqlite3"), redis_url="", playground="off"
+        )
+        with BotTestClient.for_routers(state.router, settings=settings) as client:
+            yield client
 
 
 @bot_cli.command("worker")
@@ -413,7 +424,7 @@ def chat(sender: str, group: str | None) -> None:
 
     In a group, start a line with @bot to mention the bot.
     """
-    from .testing import BotTestClient, make_callback
+    from .testing import make_callback
 
     state = _state()
     bot_uid = state.settings.bot_uid or "bot"
@@ -423,7 +434,7 @@ def chat(sender: str, group: str | None) -> None:
             import readline  # noqa: F401  (line editing and history for input())
     click.echo(f"chatting with the handlers as {sender} ({CHAT_HELP})")
     # One client (one app, one journal) for the session: what a message leaves behind is there for the next.
-    with BotTestClient.for_routers(state.router, settings=_offline(state.settings)) as client:
+    with _offline_client(state) as client:
         while True:
             where = f"in {group}" if group else "to the bot"
             try:

@@ -16,16 +16,19 @@ by default answers only clients on this machine (``PLAYGROUND=local``).
 
 from __future__ import annotations
 
+import atexit
 import ipaddress
 import mimetypes
 import os
 import re
+import shutil
 import tempfile
+import threading
 import uuid
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, redirect, request, send_from_directory, url_for
+from flask import Blueprint, Response, abort, jsonify, redirect, request, send_from_directory, url_for
 from werkzeug.utils import secure_filename
 
 from .emulator import ApiError, Emulator
@@ -49,7 +52,7 @@ def create_playground_blueprint(emulator: Emulator, *, local_only: bool = True) 
     reachable from elsewhere does not hand its handlers to anyone who finds it (``PLAYGROUND=all`` opens it).
     """
     bp = Blueprint("playground", __name__, static_folder=str(STATIC), static_url_path="/playground/static")
-    uploads = Path(tempfile.mkdtemp(prefix="bot-playground-"))
+    uploads = _Uploads()
 
     @bp.before_request
     def only_here() -> tuple[Response, int] | None:
@@ -156,14 +159,15 @@ def create_playground_blueprint(emulator: Emulator, *, local_only: bool = True) 
             raise PlaygroundError("send the file as multipart form field 'file'", fields={"file": ["Missing."]})
         name = secure_filename(file.filename) or "file"
         stored = f"{uuid.uuid4().hex[:12]}-{name}"
-        file.save(uploads / stored)
+        folder = uploads.folder()
+        file.save(folder / stored)
         extension = os.path.splitext(name)[1].lstrip(".").lower()
         attachment = {
             "url": url_for("playground.uploaded", name=stored, _external=True),
             "name": name,
             "mimeType": file.mimetype or mimetypes.guess_type(name)[0] or "application/octet-stream",
             "extension": extension,
-            "size": (uploads / stored).stat().st_size,
+            "size": (folder / stored).stat().st_size,
         }
         return jsonify(attachment), 201
 
@@ -173,12 +177,35 @@ def create_playground_blueprint(emulator: Emulator, *, local_only: bool = True) 
         # is a download, and nothing runs scripts with the page's rights.
         kind = mimetypes.guess_type(name)[0] or "application/octet-stream"
         inline = kind.split("/")[0] in ("image", "audio", "video") and kind != "image/svg+xml"
-        response = send_from_directory(uploads, name, as_attachment=not inline)
+        if uploads.path is None:
+            abort(404)
+        response = send_from_directory(uploads.path, name, as_attachment=not inline)
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Content-Security-Policy"] = "sandbox"
         return response
 
     return bp
+
+
+class _Uploads:
+    """The folder of the playground's uploads: made at the first upload (an app that never gets one, such as a
+    test's, leaves nothing behind) and removed when the process that made it exits."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+        self._lock = threading.Lock()
+
+    def folder(self) -> Path:
+        with self._lock:
+            if self.path is None:
+                self.path = Path(tempfile.mkdtemp(prefix="bot-playground-"))
+                atexit.register(_remove_folder, self.path, os.getpid())
+            return self.path
+
+
+def _remove_folder(path: Path, owner_pid: int) -> None:
+    if os.getpid() == owner_pid:  # not a forked child's exit: the folder is its parent's
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _loopback(address: str | None) -> bool:

@@ -6,8 +6,8 @@
     from bots.weather import bot
 
     def test_weather():
-        client = BotTestClient.for_routers(bot)
-        assert client.send("weather Paris").texts == ["Sunny in Paris"]
+        with BotTestClient.for_routers(bot) as client:
+            assert client.send("weather Paris").texts == ["Sunny in Paris"]
 
 :func:`make_callback` builds a callback body like CometChat's; :func:`make_message`
 the :class:`Message` a handler receives; :class:`BotTestClient` posts callbacks
@@ -276,6 +276,7 @@ class BotTestClient:
                 "BotTestClient needs an app in local mode (no CometChat credentials) or built for_routers()"
             )
         self.recorder: LocalSender = self.state.sender
+        self._folder: str | None = None  # a temporary directory of for_routers()' making, removed by close()
         self.http = app.test_client()
         settings = self.state.settings
         self.auth_header = (
@@ -288,15 +289,22 @@ class BotTestClient:
     def for_routers(cls, *routers: Router, settings: Settings | None = None) -> BotTestClient:
         """An app of just ``routers``, in local mode, whose replies are recorded (not printed).
 
-        Without ``settings`` its journal lives in a fresh temporary directory.
+        Without ``settings`` its journal lives in a fresh temporary directory, removed by :meth:`close`.
         """
+        folder = None
         if settings is None:
-            settings = Settings(journal_path=os.path.join(tempfile.mkdtemp(prefix="bot-test-"), "journal.sqlite3"))
-        return cls(build_app(settings, routers, sender=LocalSender(echo=False), import_name=__name__))
+            folder = tempfile.mkdtemp(prefix="bot-test-")
+            settings = Settings(journal_path=os.path.join(folder, "journal.sqlite3"))
+        client = cls(build_app(settings, routers, sender=LocalSender(echo=False), import_name=__name__))
+        client._folder = folder
+        return client
 
     def close(self) -> None:
-        """Stop the app's pipeline threads."""
+        """Stop the app's pipeline threads (and remove the journal's directory if :meth:`for_routers` made it)."""
         self.state.close(timeout=2)
+        if self._folder is not None:
+            shutil.rmtree(self._folder, ignore_errors=True)
+            self._folder = None
 
     def __enter__(self) -> BotTestClient:
         return self

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+import tempfile
 import textwrap
 import uuid
 
@@ -579,3 +580,17 @@ def test_chat_keeps_the_conversation_state_between_lines(dialog_bots):
         "(now bob to the bot)",
         "(no reply)",  # bob's conversation has no dialog going on
     ]
+
+
+@pytest.mark.parametrize(("args", "input"), [(["say", "hello"], None), (["chat"], "hello\n/help\n")])
+def test_say_and_chat_leave_no_temporary_files(args, input, tmp_path, monkeypatch):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))  # where tempfile makes its folders
+    app = app_module.create_app()
+
+    result = invoke(app, *args, input=input)
+
+    assert result.exit_code == 0, result.output
+    assert "Hello Alice!" in result.output  # the handlers ran, with a journal in a temporary folder
+    assert list(scratch.iterdir()) == []

@@ -6,12 +6,18 @@
 from __future__ import annotations
 
 import io
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 import app as app_module
 from bot.factory import bot_app
 from bots import weather
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
@@ -237,3 +243,30 @@ def test_by_default_the_playground_answers_only_on_this_machine(tmp_path):
     assert http.get("/playground", environ_overrides={"REMOTE_ADDR": "::1"}).status_code == 200
     opened = app_module.create_app({"JOURNAL_PATH": str(tmp_path / "k.sqlite3"), "PLAYGROUND": "all"})
     assert opened.test_client().get("/playground/api/state", environ_overrides=away).status_code == 200
+
+
+#: Run in a child process: one upload, then a normal exit. argv: the temporary folder to use, the journal's path.
+UPLOAD_AND_EXIT = """
+import io, json, os, sys, tempfile
+tempfile.tempdir = sys.argv[1]
+import app
+http = app.create_app({"JOURNAL_PATH": sys.argv[2]}).test_client()
+missing = http.get("/playground/files/none.png").status_code
+before = os.listdir(sys.argv[1])
+status = http.post("/playground/api/uploads", data={"file": (io.BytesIO(b"hi"), "a.txt")}).status_code
+print(json.dumps({"missing": missing, "before": before, "status": status, "after": os.listdir(sys.argv[1])}))
+"""
+
+
+def test_uploads_get_a_folder_at_the_first_upload_removed_when_the_process_exits(tmp_path):
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    run = subprocess.run(
+        [sys.executable, "-c", UPLOAD_AND_EXIT, str(scratch), str(tmp_path / "journal.sqlite3")],
+        capture_output=True, text=True, timeout=60, cwd=ROOT,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    seen = json.loads(run.stdout.splitlines()[-1])
+    assert seen["missing"] == 404 and seen["before"] == [] and seen["status"] == 201
+    assert [name.startswith("bot-playground-") for name in seen["after"]] == [True]
+    assert list(scratch.iterdir()) == []  # removed at exit

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -274,3 +275,11 @@ def test_redis_server_that_cannot_start_is_a_clear_error(tmp_path):
     folder.mkdir()
     with pytest.raises(RuntimeError, match="redis-server did not start"), redis_server(folder, timeout=5):
         pass
+
+
+def test_the_journal_directory_of_for_routers_goes_with_the_client(router):
+    with BotTestClient.for_routers(router) as client:
+        folder = os.path.dirname(client.state.settings.journal_path)
+        assert client.send("weather Paris").texts == ["Sunny in Paris"]
+        assert os.path.exists(os.path.join(folder, "journal.sqlite3"))
+    assert not os.path.exists(folder)
