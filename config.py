@@ -55,6 +55,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "MAX_IN_FLIGHT": ("max_in_flight", int),
     "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
     "DRAIN_TIMEOUT": ("drain_timeout", float),
+    "SHARE_WORK": ("share_work", _bool),
     "REDIS_URL": ("redis_url", str),
     "WORKER_THREADS": ("worker_threads", int),
     "WORKER_METRICS": ("worker_metrics", str),

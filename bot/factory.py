@@ -36,6 +36,7 @@ from .playground import create_playground_blueprint
 from .redis_queue import RedisDelivery
 from .routing import Router
 from .settings import Settings
+from .sharing import SharingOptions
 from .state import RedisStateStore, SqliteStateStore, StateStore
 
 log = logging.getLogger(__name__)
@@ -138,6 +139,7 @@ def _delivery(
         sender_threads=settings.sender_threads,
         max_in_flight=settings.max_in_flight,
         drain_timeout=settings.drain_timeout,
+        sharing=SharingOptions(enabled=settings.share_work),
     )
     dispatcher = _dispatcher(settings, router, SqliteStateStore(journal), tokens)
     return Pipeline(journal, dispatcher, sender, retry=retry, options=options, metrics=metrics)

@@ -12,7 +12,9 @@ app on a host. Its tables:
 * ``dead_letters``: replies that finally failed, kept for inspection;
 * ``sent``: the CometChat ids of replies that later requests refer to (an
   edit of a "working on it..." message, the submissions of a form);
-* ``state``: conversation state (:class:`bot.state.SqliteStateStore`).
+* ``state``: conversation state (:class:`bot.state.SqliteStateStore`);
+* ``helpers``: processes offering to handle messages others accept
+  (bot/sharing.py).
 
 **Lanes.** A row may run only when no earlier row of the same conversation is
 still in its table (running or waiting). That keeps handlers, and separately
@@ -155,6 +157,13 @@ BEGIN
     UPDATE inbox SET owner = OLD.owner, attempts = attempts + 1
      WHERE seq = (SELECT min(seq) FROM inbox WHERE conversation = OLD.conversation) AND owner IS NULL;
 END;
+
+-- A process whose request side idles while others are busy offers to handle their messages until ``until``
+-- (bot/sharing.py); an offer that ran out counts for nothing.
+CREATE TABLE IF NOT EXISTS helpers (
+    owner TEXT PRIMARY KEY,
+    until REAL NOT NULL
+) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS rate_bucket (
     name       TEXT PRIMARY KEY,
@@ -800,6 +809,27 @@ class Journal:
                 "DELETE FROM state WHERE key IN (SELECT key FROM state WHERE expires_at <= ? LIMIT ?)", (now, batch)
             ).rowcount
         return forgotten
+
+    # ------------------------------------------------------------ helpers (bot/sharing.py)
+
+    def offer_help(self, until: float) -> None:
+        """Offer (or renew the offer) to handle messages other processes accept, until ``until`` (time.time())."""
+        self._statement(
+            "INSERT INTO helpers (owner, until) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
+            (self.owner, until),
+        )
+
+    def withdraw_help(self) -> None:
+        self._statement("DELETE FROM helpers WHERE owner = ?", (self.owner,))
+
+    def help_offered(self, now: float) -> bool:
+        """Whether another process offers help now."""
+        return self._has("SELECT 1 FROM helpers WHERE owner != ? AND until > ? LIMIT 1", self.owner, now)
+
+    def newest_accepted_at(self) -> float | None:
+        """When the newest message still in the inbox was accepted (time.time()), if any is."""
+        rows = self._read("SELECT accepted_at FROM inbox ORDER BY seq DESC LIMIT 1")
+        return rows[0][0] if rows else None
 
     def depth(self) -> Depth:
         [(inbox, running)] = self._read("SELECT count(*), count(owner) FROM inbox")

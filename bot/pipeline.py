@@ -26,6 +26,10 @@ whose lane was busy, retries coming due, rows of processes that died, rows
 of other processes on the host. Per-conversation order holds across
 processes because every claim goes through the journal's lane rule, and a
 message holds its lane until its replies are in.
+
+A process taking callbacks fast while another idles leaves new messages to
+that one (bot/sharing.py: gunicorn's gthread workers can end up with all the
+connections in one process).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
 from .schemas import parse_stored
+from .sharing import Sharing, SharingOptions
 from .threads import current_pid, start_background
 
 log = logging.getLogger(__name__)
@@ -74,6 +79,7 @@ class PipelineOptions:
     # At most one transaction per this many seconds takes delivered messages out of the inbox: under load each
     # takes many (Pipeline._finish_loop says what that buys); a message arriving after a quiet spell goes at once.
     finish_interval: float = 0.02
+    sharing: SharingOptions = field(default_factory=SharingOptions)  # a busy process's messages, handled elsewhere
 
 
 class Pipeline:
@@ -100,6 +106,7 @@ class Pipeline:
         self.options = options or PipelineOptions()
         self.bot_uid = dispatcher.bot_uid
         self.stats = _Stats()
+        self.sharing = Sharing(journal, self.options.sharing)
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -134,6 +141,7 @@ class Pipeline:
             self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._finished.clear()  # after a fork: the parent's, not this process's
+            self.sharing = Sharing(self.journal, self.options.sharing)  # after a fork: not the parent's rates
             self._drain_now.clear()
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
             self._senders = _Pool("bot-sender", self.options.sender_threads, self._sender_work)
@@ -211,7 +219,8 @@ class Pipeline:
         """
         if self._pid != current_pid():
             self.start()
-        claim = self._reserve("handler")
+        leave = self.sharing.accepted()  # busy, and another process offers help: journal it for that one
+        claim = not leave and self._reserve("handler")
         try:
             result = self.journal.accept(
                 msg.bot_uid, msg.conversation_id, msg.id, body, claim=claim, dedup_ttl=dedup_ttl
@@ -226,7 +235,10 @@ class Pipeline:
         if isinstance(result, InboxItem):
             self._handlers.put((result, msg))
             return "accepted"
-        if not claim:
+        if leave:
+            if result is True:  # journaled, unclaimed (False: a duplicate)
+                self.stats.count("left")
+        elif not claim:
             self._starved_handlers = True  # every handler thread is busy: the claimer takes it when one frees
         self._release_handler_slot(int(claim))
         if result is False:
@@ -528,6 +540,10 @@ class Pipeline:
             if self._closed:
                 return
             try:
+                if self._stopping:
+                    self.sharing.withdraw()
+                else:
+                    self.sharing.tick()
                 self._claim()
                 now = time.monotonic()
                 if now - last_checkpoint >= 1.0:
@@ -556,13 +572,16 @@ class Pipeline:
         if self._retry_at <= now:  # that retry is due now; look up the next one
             due = self.journal.next_due()
             self._retry_at = due if due is not None and due > now else math.inf
-        wait = min(self.options.poll_interval, self._retry_at - now)
+        poll = self.sharing.options.poll if self.sharing.offering else self.options.poll_interval
+        wait = min(poll, self._retry_at - now)
         if self._starved_senders and self.journal.rate_limit is not None:
             wait = min(wait, self.journal.next_token_in())
         return max(wait, 0.005)
 
     def _claim(self) -> None:
-        free = self._reserve_all("handler")
+        # While messages are left to a helper, they are its to claim (those of lanes this process holds still
+        # come here, as the lane's previous message finishes: trigger inbox_next).
+        free = 0 if self.sharing.leaving else self._reserve_all("handler")
         items = self.journal.claim_inbox(free) if free else []
         if len(items) < free:
             self._starved_handlers = False  # took all there was
@@ -651,13 +670,13 @@ class Pipeline:
                 )  # fmt: skip
         depth = self.journal.depth()
         stats = self.stats.snapshot()
-        if not (depth.inbox or depth.outbox or stats["sent"]):
+        if not (depth.inbox or depth.outbox or stats["sent"] or stats["left"]):
             return
         log.info(
             "pipeline: inbox %d (%d running), outbox %d (%d retrying), dead letters %d; since last: %d sent, "
-            "delivery p50 %.0f ms p99 %.0f ms",
+            "delivery p50 %.0f ms p99 %.0f ms, %d accepted messages left to another process",
             depth.inbox, depth.inbox_running, depth.outbox, depth.outbox_waiting_retry, depth.dead_letters,
-            stats["sent"], stats["p50_ms"], stats["p99_ms"],
+            stats["sent"], stats["p50_ms"], stats["p99_ms"], stats["left"],
         )  # fmt: skip
 
 
@@ -743,6 +762,7 @@ class _Stats:
         self.counts: dict[str, int] = {}
         self._latencies: deque[float] = deque(maxlen=4096)
         self._sent = 0
+        self._left_before = 0  # counts["left"] at the last snapshot
 
     def count(self, what: str) -> None:
         with self._lock:
@@ -754,17 +774,19 @@ class _Stats:
             self._latencies.append(latency)
 
     def snapshot(self) -> dict[str, float]:
-        """Replies sent and delivery latency percentiles since the last snapshot."""
+        """Replies sent, delivery latency percentiles and messages left to a helper since the last snapshot."""
         with self._lock:
             latencies = sorted(self._latencies)
             sent = self._sent
+            left = self.counts.get("left", 0) - self._left_before
             self._latencies.clear()
             self._sent = 0
+            self._left_before += left
 
         def pct(p: float) -> float:
             return latencies[min(len(latencies) - 1, int(p * len(latencies)))] * 1000 if latencies else 0.0
 
-        return {"sent": sent, "p50_ms": pct(0.5), "p99_ms": pct(0.99)}
+        return {"sent": sent, "p50_ms": pct(0.5), "p99_ms": pct(0.99), "left": left}
 
 
 T = TypeVar("T")

@@ -59,6 +59,7 @@ class Settings:
     sender_threads: int = 16  # threads per process posting replies that wait in the journal (retries, backlog)
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
+    share_work: bool = True  # an idle process handles messages a busy one accepted (bot/sharing.py)
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
     worker_threads: int = 8  # Redis mode: messages handled at once per RQ worker process
     worker_metrics: str = ""  # Redis mode: "HOST:PORT" where each RQ worker process serves /metrics ("": none)

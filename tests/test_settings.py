@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+import app as app_module
 import config
 from bot.errors import ConfigError
+from bot.factory import bot_app
 from bot.settings import Settings
 
 LIVE = {
@@ -51,6 +53,7 @@ def test_local_mode_without_credentials():
         ({"WORKER_METRICS": "9100"}, "WORKER_METRICS"),
         ({"WORKER_METRICS": "0.0.0.0:99999"}, "WORKER_METRICS"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
+        ({"SHARE_WORK": "sometimes"}, "SHARE_WORK"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
@@ -82,3 +85,9 @@ def test_unknown_override_is_an_error():
 def test_settings_are_frozen():
     with pytest.raises(AttributeError):
         Settings().region = "us"
+
+
+@pytest.mark.parametrize(("environ", "enabled"), [({}, True), ({"SHARE_WORK": "false"}, False)])
+def test_share_work_reaches_the_pipeline(environ, enabled, tmp_path):
+    app = app_module.create_app({**environ, "JOURNAL_PATH": str(tmp_path / "journal.sqlite3")})
+    assert bot_app(app).delivery.sharing.options.enabled is enabled
