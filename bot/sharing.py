@@ -37,6 +37,7 @@ thread calls :meth:`Sharing.accepted` per callback, the claimer thread calls
 from __future__ import annotations
 
 import math
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -95,7 +96,10 @@ class Sharing:
             fast = self._window_count / elapsed > self.options.min_rate
             self._window_start, self._window_count = now, 0
             # One read of the helpers table per window, and none at all while the rate is low.
-            self._leaving = fast and self.journal.help_offered(self._wall_clock())
+            try:
+                self._leaving = fast and self.journal.help_offered(self._wall_clock())
+            except sqlite3.Error:  # keep the message here; recording it (next) reports the journal's trouble
+                self._leaving = False
         return self._leaving
 
     @property

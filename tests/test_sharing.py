@@ -111,6 +111,15 @@ def test_leaving_ends_when_the_callbacks_stop(journal, clock, wall):
     assert not sharing.leaving  # its claimer claims again whatever was left
 
 
+def test_a_journal_that_cannot_say_keeps_the_messages_here(journal, clock, wall):
+    other_process(journal).offer_help(until=wall() + 5)
+    sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
+    assert take_callbacks(sharing, clock, 500, seconds=0.3)[-1]
+    with journal.write() as con:
+        con.execute("DROP TABLE helpers")  # every read of it fails from now on
+    assert not take_callbacks(sharing, clock, 500, seconds=0.3)[-1]  # no exception: the callback goes on
+
+
 # ------------------------------------------------------------------ offering help
 
 
