@@ -11,27 +11,16 @@
 #   ENV="HANDLER_THREADS=8" benchmarks/cpu_per_callback.sh                   # with other settings
 #   WORKERS="-w 2 -k gthread --threads 8" benchmarks/cpu_per_callback.sh     # gthread workers
 set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/.." && pwd)
-BENCH=${BENCH:-$ROOT/../shared/bench}
-PY=${PYTHON:-python3}
-WORK=$(mktemp -d)
-trap 'kill ${GUNICORN:-} ${FAKE:-} 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$WORK"' EXIT
+source "$(dirname "$0")/lib.sh"
 
-# A fake (or gunicorn) left running by another measurement would serve this one, with its own latency.
-for port in 18080 18100; do
-    if curl -s -o /dev/null "127.0.0.1:$port"; then echo "something already listens on 127.0.0.1:$port; stop it first" >&2; exit 1; fi
-done
-"$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; payloads.write_template('cometchat', '$WORK/tpl.json')"
-"$PY" "$BENCH/fake_cometchat.py" --port 18080 --latency-ms "${LATENCY_MS:-0}" >"$WORK/fake.log" 2>&1 &
-FAKE=$!
+ports_free 18080 18100
+start_fake
 cd "$ROOT"
-env COMETCHAT_APP_ID=benchapp COMETCHAT_REGION=us COMETCHAT_API_KEY=bench-api-key COMETCHAT_BOT_UID=bot \
-    COMETCHAT_API_BASE=http://127.0.0.1:18080/v3 CALLBACK_BASIC_AUTH=cometchat:bench-basic-pass \
-    JOURNAL_PATH="$WORK/journal.sqlite3" ${ENV:-} \
+env "${BOT_SETTINGS[@]}" ${ENV:-} \
     "$PY" -m gunicorn ${WORKERS:--w 2} -b 127.0.0.1:18100 benchmarks.adapter:app >"$WORK/gunicorn.log" 2>&1 &
 GUNICORN=$!
-for _ in $(seq 100); do curl -s -o /dev/null 127.0.0.1:18100/healthz && break; sleep 0.1; done
-AUTH=$("$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; print(payloads.basic_auth_header('cometchat', 'bench-basic-pass'))")
+PIDS+=($GUNICORN)
+wait_up 18100
 
 cpu() {  # user and system clock ticks of gunicorn's master and workers
     local user=0 sys=0 u s
