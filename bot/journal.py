@@ -812,12 +812,19 @@ class Journal:
 
     # ------------------------------------------------------------ helpers (bot/sharing.py)
 
-    def offer_help(self, until: float) -> None:
-        """Offer (or renew the offer) to handle messages other processes accept, until ``until`` (time.time())."""
-        self._statement(
-            "INSERT INTO helpers (owner, until) VALUES (?, ?) ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
-            (self.owner, until),
-        )
+    def offer_help(self, until: float, *, now: float | None = None) -> None:
+        """Offer (or renew the offer) to handle messages other processes accept, until ``until`` (time.time()).
+
+        Offers that ran out (of processes killed while offering) are dropped on the way.
+        """
+        now = time.time() if now is None else now
+        with self._write() as con:
+            con.execute("DELETE FROM helpers WHERE until <= ?", (now,))
+            con.execute(
+                "INSERT INTO helpers (owner, until) VALUES (?, ?)"
+                " ON CONFLICT (owner) DO UPDATE SET until = excluded.until",
+                (self.owner, until),
+            )
 
     def withdraw_help(self) -> None:
         self._statement("DELETE FROM helpers WHERE owner = ?", (self.owner,))

@@ -122,7 +122,7 @@ class Sharing:
             self._renew_at = now + self.options.offer_ttl / 3
             newest = self.journal.newest_accepted_at()
             if newest is not None and newest > self._wall_clock() - self.options.offer_ttl:
-                self.journal.offer_help(self._wall_clock() + self.options.offer_ttl)
+                self.journal.offer_help(self._wall_clock() + self.options.offer_ttl, now=self._wall_clock())
                 self.offering = True
             elif self.offering:
                 self.withdraw()

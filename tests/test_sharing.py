@@ -78,7 +78,7 @@ def accept_one(journal: Journal, message_id: str, wall: Clock) -> None:
 )
 def test_a_busy_process_leaves_messages_only_when_help_is_offered(rate, offered, left, journal, clock, wall):
     if offered:
-        other_process(journal).offer_help(until=wall() + 5)
+        other_process(journal).offer_help(until=wall() + 5, now=wall())
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
 
     said = take_callbacks(sharing, clock, rate, seconds=0.5)
@@ -88,7 +88,7 @@ def test_a_busy_process_leaves_messages_only_when_help_is_offered(rate, offered,
 
 
 def test_a_process_stops_leaving_messages_when_the_offer_runs_out(journal, clock, wall):
-    other_process(journal).offer_help(until=wall() + 1)
+    other_process(journal).offer_help(until=wall() + 1, now=wall())
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
     assert take_callbacks(sharing, clock, 500, seconds=0.3)[-1]
 
@@ -97,13 +97,13 @@ def test_a_process_stops_leaving_messages_when_the_offer_runs_out(journal, clock
 
 
 def test_its_own_offer_does_not_count(journal, clock, wall):
-    journal.offer_help(until=wall() + 5)
+    journal.offer_help(until=wall() + 5, now=wall())
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
     assert not any(take_callbacks(sharing, clock, 500, seconds=0.5))
 
 
 def test_leaving_ends_when_the_callbacks_stop(journal, clock, wall):
-    other_process(journal).offer_help(until=wall() + 5)
+    other_process(journal).offer_help(until=wall() + 5, now=wall())
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
     take_callbacks(sharing, clock, 500, seconds=0.5)
     assert sharing.leaving
@@ -112,7 +112,7 @@ def test_leaving_ends_when_the_callbacks_stop(journal, clock, wall):
 
 
 def test_a_journal_that_cannot_say_keeps_the_messages_here(journal, clock, wall):
-    other_process(journal).offer_help(until=wall() + 5)
+    other_process(journal).offer_help(until=wall() + 5, now=wall())
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
     assert take_callbacks(sharing, clock, 500, seconds=0.3)[-1]
     with journal.write() as con:
@@ -151,6 +151,12 @@ def test_the_offer_is_renewed_while_the_load_lasts_and_withdrawn_after(journal, 
     assert not busy.help_offered(wall() - 5)  # withdrawn, not just run out
 
 
+def test_offers_that_ran_out_are_dropped_by_the_next_offer(journal, wall):
+    other_process(journal, "killed:1:1").offer_help(until=wall() - 1, now=wall() - 2)  # killed while offering
+    other_process(journal, "alive:1:1").offer_help(until=wall() + 5, now=wall())
+    assert sorted(journal.read("SELECT owner FROM helpers")) == [("alive:1:1",)]
+
+
 def test_a_process_that_gets_callbacks_again_withdraws_its_offer(journal, clock, wall):
     busy = other_process(journal)
     sharing = Sharing(journal, OPTIONS, clock=clock, wall_clock=wall)
@@ -164,7 +170,7 @@ def test_a_process_that_gets_callbacks_again_withdraws_its_offer(journal, clock,
 
 def test_sharing_off_neither_offers_nor_leaves(journal, clock, wall):
     busy = other_process(journal)
-    busy.offer_help(until=wall() + 5)
+    busy.offer_help(until=wall() + 5, now=wall())
     accept_one(busy, "m1", wall)
     sharing = Sharing(journal, SharingOptions(enabled=False, min_rate=100), clock=clock, wall_clock=wall)
     assert not any(take_callbacks(sharing, clock, 500, seconds=0.5))
