@@ -64,6 +64,8 @@ log = logging.getLogger(__name__)
 MAX_HANDLER_ATTEMPTS = 3
 #: A handler running longer than this (seconds) is named in a warning with the periodic stats.
 SLOW_HANDLER = 60.0
+#: A process offering help polls every SharingOptions.poll for this long (seconds) after its claimer found work.
+FAST_POLL_AFTER_CLAIM = 0.25
 
 
 @dataclass(frozen=True)
@@ -120,6 +122,7 @@ class Pipeline:
         self._starved_handlers = False
         self._starved_senders = False
         self._retry_at = math.inf
+        self._claimed_at = -math.inf  # when the claimer last claimed messages (time.monotonic())
         self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._in_flight = 0  # messages whose replies are being posted after their handler returned
@@ -572,7 +575,9 @@ class Pipeline:
         if self._retry_at <= now:  # that retry is due now; look up the next one
             due = self.journal.next_due()
             self._retry_at = due if due is not None and due > now else math.inf
-        poll = self.sharing.options.poll if self.sharing.offering else self.options.poll_interval
+        # A helper polls fast only while its polls find work: an offer nobody takes costs no scans of the inbox.
+        helping = self.sharing.offering and time.monotonic() - self._claimed_at < FAST_POLL_AFTER_CLAIM
+        poll = self.sharing.options.poll if helping else self.options.poll_interval
         wait = min(poll, self._retry_at - now)
         if self._starved_senders and self.journal.rate_limit is not None:
             wait = min(wait, self.journal.next_token_in())
@@ -583,6 +588,8 @@ class Pipeline:
         # come here, as the lane's previous message finishes: trigger inbox_next).
         free = 0 if self.sharing.leaving else self._reserve_all("handler")
         items = self.journal.claim_inbox(free) if free else []
+        if items:
+            self._claimed_at = time.monotonic()
         if len(items) < free:
             self._starved_handlers = False  # took all there was
         self._release_handler_slot(free - len(items), wake=False)

@@ -15,9 +15,10 @@ So, per process:
   ``idle_after`` seconds while others accept messages (the journal's newest
   is younger than ``offer_ttl``) writes an offer to the journal's
   ``helpers`` table, renewed while that holds and good for ``offer_ttl``
-  seconds. While it offers, its claimer polls every ``poll`` seconds
-  instead of the usual interval. (A message whose handler merely runs long
-  makes no offer: idle processes would poll fast for nothing.)
+  seconds. While it offers and its polls find work, its claimer polls
+  every ``poll`` seconds instead of the usual interval (an offer nobody
+  takes costs no extra scans of the inbox). A message whose handler merely
+  runs long makes no offer.
 * **leaving work**: a process taking more than ``min_rate`` callbacks per
   second while another offers help journals new messages unclaimed and its
   claimer leaves them be; the helper's claimer takes them.
@@ -54,7 +55,7 @@ class SharingOptions:
     min_rate: float = 200.0  # callbacks/s over which a process leaves new messages to a helper
     idle_after: float = 0.5  # seconds without a callback after which a process may offer help
     offer_ttl: float = 1.0  # seconds an offer holds unless renewed (a third of it between renewals)
-    poll: float = 0.005  # seconds between a helper's claims
+    poll: float = 0.005  # seconds between a helper's claims while they find work
 
 
 class Sharing:
