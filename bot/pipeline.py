@@ -64,8 +64,6 @@ log = logging.getLogger(__name__)
 MAX_HANDLER_ATTEMPTS = 3
 #: A handler running longer than this (seconds) is named in a warning with the periodic stats.
 SLOW_HANDLER = 60.0
-#: A process offering help polls every SharingOptions.poll for this long (seconds) after its claimer found work.
-FAST_POLL_AFTER_CLAIM = 0.25
 
 
 @dataclass(frozen=True)
@@ -576,8 +574,9 @@ class Pipeline:
             due = self.journal.next_due()
             self._retry_at = due if due is not None and due > now else math.inf
         # A helper polls fast only while its polls find work: an offer nobody takes costs no scans of the inbox.
-        helping = self.sharing.offering and time.monotonic() - self._claimed_at < FAST_POLL_AFTER_CLAIM
-        poll = self.sharing.options.poll if helping else self.options.poll_interval
+        sharing = self.sharing.options
+        helping = self.sharing.offering and time.monotonic() - self._claimed_at < sharing.poll_for
+        poll = sharing.poll if helping else self.options.poll_interval
         wait = min(poll, self._retry_at - now)
         if self._starved_senders and self.journal.rate_limit is not None:
             wait = min(wait, self.journal.next_token_in())

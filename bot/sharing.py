@@ -55,7 +55,8 @@ class SharingOptions:
     min_rate: float = 200.0  # callbacks/s over which a process leaves new messages to a helper
     idle_after: float = 0.5  # seconds without a callback after which a process may offer help
     offer_ttl: float = 1.0  # seconds an offer holds unless renewed (a third of it between renewals)
-    poll: float = 0.005  # seconds between a helper's claims while they find work
+    poll: float = 0.005  # seconds between a helper's claims while they find work...
+    poll_for: float = 0.25  # ... that is, for this long after a claim that found some
 
 
 class Sharing:
@@ -121,9 +122,10 @@ class Sharing:
             return False
         if now >= self._renew_at:
             self._renew_at = now + self.options.offer_ttl / 3
+            wall = self._wall_clock()
             newest = self.journal.newest_accepted_at()
-            if newest is not None and newest > self._wall_clock() - self.options.offer_ttl:
-                self.journal.offer_help(self._wall_clock() + self.options.offer_ttl, now=self._wall_clock())
+            if newest is not None and newest > wall - self.options.offer_ttl:
+                self.journal.offer_help(wall + self.options.offer_ttl, now=wall)
                 self.offering = True
             elif self.offering:
                 self.withdraw()
