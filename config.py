@@ -61,6 +61,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "WORKER_METRICS": ("worker_metrics", str),
     "LOG_LEVEL": ("log_level", str),
     "LOG_FORMAT": ("log_format", str.lower),
+    "LOG_MESSAGES": ("log_messages", _bool),
     "PLAYGROUND": ("playground", str.lower),
 }
 

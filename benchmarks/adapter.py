@@ -10,6 +10,8 @@ harness                ours
 =====================  ===================================
 CALLBACK_BASIC_AUTH    CALLBACK_USERNAME, CALLBACK_PASSWORD
 COMETCHAT_API_BASE     COMETCHAT_API_URL
+(gunicorn's            LOG_LEVEL=warning, unless LOG_LEVEL
+--log-level warning)   is set (at INFO: see LOG_MESSAGES)
 =====================  ===================================
 
 Without ``JOURNAL_PATH`` in the environment each gunicorn run gets a journal of

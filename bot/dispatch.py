@@ -76,9 +76,13 @@ class Dispatcher:
         state_ttl: float = 86400.0,
         loop_guard: LoopGuard | None = None,
         api_action: ApiActionFactory | None = None,
+        log_messages: bool = True,
     ) -> None:
         """``deliver`` is the default for :meth:`handle`; ``state`` the store behind ``msg.state``;
-        ``api_action`` makes the actions of interactive messages (None: they cannot be sent)."""
+        ``api_action`` makes the actions of interactive messages (None: they cannot be sent).
+
+        ``log_messages=False`` drops the ``INFO`` line of each handled message (a busy bot's largest
+        logging cost, see docs/operations.md); outcomes logged at ``WARNING`` are logged still."""
         self.router = router
         self.deliver = deliver
         self.bot_uid = bot_uid.lower()
@@ -86,6 +90,7 @@ class Dispatcher:
         self.state_ttl = state_ttl
         self.loop_guard = loop_guard
         self.api_action = api_action
+        self.log_messages = log_messages
 
     def screen(self, callback: Callback) -> str:
         """Why this callback is not handled ('' if it is). Ignored callbacks are still acknowledged."""
@@ -142,7 +147,7 @@ class Dispatcher:
                     self.loop_guard.answered(msg)
         outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
         level = logging.INFO if status in ("replied", "no_reply", "unmatched", "dropped") else logging.WARNING
-        if log.isEnabledFor(level):
+        if (self.log_messages or level > logging.INFO) and log.isEnabledFor(level):
             log.log(
                 level, "message %s in %s: %s%s, %d replies, handled in %.1f ms",
                 msg.id, msg.conversation_id, status, f" by {handler}" if handler else "", sent, outcome.seconds * 1000,
@@ -198,7 +203,8 @@ class Dispatcher:
             if result is None or result is True:
                 continue
             if result is False:
-                log.info("message %s: dropped by %s", turn.msg.id, getattr(hook, "__qualname__", hook))
+                if self.log_messages:
+                    log.info("message %s: dropped by %s", turn.msg.id, getattr(hook, "__qualname__", hook))
                 return "dropped"
             if isinstance(result, Message):
                 turn.msg = result.with_(_turn=turn)

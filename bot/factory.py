@@ -158,6 +158,7 @@ def _dispatcher(settings: Settings, router: Router, state: StateStore, tokens: i
         state_ttl=settings.state_ttl,
         loop_guard=loop_guard,
         api_action=interactions.ActionMaker(tokens, interactions.endpoint_url(settings)),
+        log_messages=settings.log_messages,
     )
 
 

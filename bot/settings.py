@@ -66,6 +66,7 @@ class Settings:
 
     log_level: str = "INFO"
     log_format: str = "text"  # or "json": one JSON object per line
+    log_messages: bool = True  # a line per handled message at INFO; False leaves only the WARNING outcomes
     playground: str = "local"  # local mode only: the playground for "local" clients (loopback), "all", or "off"
 
     def __post_init__(self) -> None:
