@@ -17,7 +17,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, request
 from redis import Redis
 from werkzeug.exceptions import HTTPException
 
@@ -110,7 +110,7 @@ def build_app(
     if emulator is not None and settings.playground != "off":
         emulator.relay = _relay_to(app, settings)
         app.register_blueprint(create_playground_blueprint(emulator, local_only=settings.playground == "local"))
-    app.register_error_handler(HTTPException, _json_http_error)
+    app.register_error_handler(HTTPException, _json_http_errors(settings))
     app.cli.add_command(bot_cli)
     delivery.start()  # in each gunicorn worker (create_app runs after the fork); again on first use after a fork
     return app
@@ -180,8 +180,26 @@ def bot_app(app: Flask) -> BotApp:
     return app.extensions[EXTENSION]
 
 
+def _json_http_errors(settings: Settings) -> Callable[[HTTPException], Response]:
+    """Every HTTP error as JSON: a bot's endpoints talk to programs, not browsers.
+
+    A POST to a path the app does not serve is also logged, with the paths it
+    does: a webhook URL that does not end with ``CALLBACK_PATH`` is the usual
+    reason no callback arrives, and gunicorn's access log is off.
+    """
+
+    def json_http_error(error: HTTPException) -> Response:
+        if error.code == 404 and request.method == "POST":
+            log.info(
+                "POST %r: no such endpoint (404); callbacks go to POST %s, form submissions to POST %s",
+                request.path, settings.callback_path, settings.interactions_path,
+            )  # fmt: skip
+        return _json_http_error(error)
+
+    return json_http_error
+
+
 def _json_http_error(error: HTTPException) -> Response:
-    """Every HTTP error as JSON: a bot's endpoints talk to programs, not browsers."""
     code = (error.name or "error").lower().replace(" ", "_")
     response = jsonify(error={"code": code, "message": error.description or error.name})
     response.status_code = error.code or 500

@@ -286,6 +286,18 @@ def test_an_unknown_path_gets_a_json_404(live_app):
     assert_json_error(live_app.test_client().post("/cometchat/callbacks", json={}), 404, "not_found")
 
 
+def test_a_post_to_an_unknown_path_is_logged_with_the_callback_path(live_app, caplog):
+    client = live_app.test_client()
+    with caplog.at_level(logging.INFO, logger="bot"):
+        client.post("/webhook%0Aforged", json={})  # a newline in the path stays escaped in the log
+        client.get("/wp-login.php")  # a scanner's GET: answered 404, not logged
+    [record] = [r for r in caplog.records if "no such endpoint" in r.getMessage()]
+    assert record.getMessage() == (
+        "POST '/webhook\\nforged': no such endpoint (404); callbacks go to POST /cometchat/callback,"
+        " form submissions to POST /cometchat/interactions"
+    )
+
+
 # ------------------------------------------------------------------ what is never answered
 
 
