@@ -13,4 +13,4 @@ ENV PORT=8000 JOURNAL_PATH=/app/var/journal.sqlite3
 VOLUME ["/app/var"]
 EXPOSE 8000
 # The Procfile's web line: gunicorn runs create_app() in each worker after the fork.
-CMD ["sh", "-c", "exec gunicorn 'app:create_app()' --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY:-2} --worker-class gthread --threads 8 --graceful-timeout 20 --access-logfile -"]
+CMD ["sh", "-c", "exec gunicorn 'app:create_app()' --bind 0.0.0.0:${PORT} --workers ${WEB_CONCURRENCY:-2} --worker-class gthread --threads 8 --graceful-timeout 20"]

@@ -31,6 +31,11 @@ def test_gunicorn_accepts_the_web_command_and_loads_the_app(tmp_path):
     assert result.returncode == 0, result.stderr
 
 
+def test_the_dockerfile_runs_the_web_command():
+    [cmd] = [line for line in (ROOT / "Dockerfile").read_text().splitlines() if line.startswith("CMD ")]
+    assert f"exec {PROCESSES['web'].replace('${PORT:-8000}', '${PORT}')}" in cmd
+
+
 @pytest.mark.parametrize("doc", ["docs/deployment.md", "docs/tutorial.md"])
 def test_the_docs_quote_the_procfile_as_it_is(doc):
     text = (ROOT / doc).read_text()
