@@ -52,15 +52,24 @@ def current_pid() -> int:
 
 def start_background(target: Callable[[], object], name: str) -> threading.Thread:
     """Start a daemon thread running ``target`` under the background scheduling policy, named ``name`` for the
-    operating system too (``top -H``, ``ps -L``, ``/proc/PID/task/*/comm``: which thread uses the CPU)."""
-    thread = threading.Thread(target=_run_in_background, args=(target,), name=name, daemon=True)
+    operating system too (``top -H``, ``ps -L``, ``/proc/PID/task/*/comm``: which thread uses the CPU).
+
+    Returns once the thread has its name and policy (two system calls), so that what the caller does next, such
+    as handing it work, already finds it set up.
+    """
+    ready = threading.Event()
+    thread = threading.Thread(target=_run_in_background, args=(target, ready), name=name, daemon=True)
     thread.start()
+    ready.wait()
     return thread
 
 
-def _run_in_background(target: Callable[[], object]) -> None:
-    name_os_thread(threading.current_thread().name)
-    use_background_policy()
+def _run_in_background(target: Callable[[], object], ready: threading.Event) -> None:
+    try:
+        name_os_thread(threading.current_thread().name)
+        use_background_policy()
+    finally:
+        ready.set()
     target()
 
 

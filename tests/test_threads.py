@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 
 import pytest
 
+from bot import threads
 from bot.threads import current_pid, start_background, use_background_policy
 
 linux_only = pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
@@ -27,6 +29,23 @@ def test_a_background_thread_runs_as_a_batch_thread():
     thread, policy = run_in_background()
     assert policy == os.SCHED_BATCH
     assert thread.daemon and thread.name == "bot-test"
+
+
+@linux_only
+def test_the_thread_has_its_policy_when_start_background_returns(monkeypatch):
+    # A thread slow to set itself up (a busy machine) must not be handed back before it did.
+    def slow_naming(name: str) -> bool:
+        time.sleep(0.2)
+        return True
+
+    monkeypatch.setattr(threads, "name_os_thread", slow_naming)
+    release = threading.Event()
+    thread = start_background(lambda: release.wait(5), "bot-test")
+    try:
+        assert os.sched_getscheduler(thread.native_id) == os.SCHED_BATCH
+    finally:
+        release.set()
+        thread.join(5)
 
 
 @linux_only
