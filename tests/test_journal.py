@@ -60,20 +60,43 @@ def test_redelivered_message_is_a_duplicate_per_bot(journal):
     assert journal.depth().inbox == 2
 
 
-def test_message_id_is_forgotten_after_the_dedup_window(tmp_path):
-    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.05)
+class Clock:
+    """What bot.journal sees of the time (its ``time`` module), moved by the test rather than by waiting."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    monotonic = time
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch) -> Clock:
+    clock = Clock()
+    monkeypatch.setattr(journal_module, "time", clock)
+    return clock
+
+
+def test_message_id_is_forgotten_after_the_dedup_window(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=60)
     first = accept(journal, "1")
     journal.finish_inbox(first)
+    clock.now += 59
     assert accept(journal, "1") is False  # handled, and remembered
-    time.sleep(0.06)  # the window is the behaviour under test, not a wait for another thread
+    clock.now += 2
     assert accept(journal, "1", conversation="c2") is not False
 
 
-def test_a_message_still_waiting_is_a_duplicate_however_old(tmp_path):
+def test_a_message_still_waiting_is_a_duplicate_however_old(tmp_path, clock):
     """The window counts from acceptance, but a redelivery of a message not yet handled is never taken again."""
-    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=0.05)
+    journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=60)
     assert accept(journal, "1") is not False
-    time.sleep(0.06)
+    clock.now += 61
     assert accept(journal, "1", conversation="c2") is False
     assert journal.depth().inbox == 1
 
