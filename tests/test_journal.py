@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from types import SimpleNamespace
 
 import pytest
 
@@ -16,6 +17,7 @@ from bot import journal as journal_module
 from bot.api import SendRequest
 from bot.errors import ConfigError
 from bot.journal import InboxItem, Journal, OutboxItem, RateLimit, owner_alive, process_owner
+from tests.helpers import Clock
 
 
 @pytest.fixture
@@ -60,25 +62,11 @@ def test_redelivered_message_is_a_duplicate_per_bot(journal):
     assert journal.depth().inbox == 2
 
 
-class Clock:
-    """What bot.journal sees of the time (its ``time`` module), moved by the test rather than by waiting."""
-
-    def __init__(self) -> None:
-        self.now = 1_800_000_000.0
-
-    def time(self) -> float:
-        return self.now
-
-    monotonic = time
-
-    def sleep(self, seconds: float) -> None:
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch) -> Clock:
+    """What bot.journal sees of the time (its ``time`` module), moved by the test rather than by waiting."""
     clock = Clock()
-    monkeypatch.setattr(journal_module, "time", clock)
+    monkeypatch.setattr(journal_module, "time", SimpleNamespace(time=clock, monotonic=clock, sleep=clock.advance))
     return clock
 
 
@@ -86,9 +74,9 @@ def test_message_id_is_forgotten_after_the_dedup_window(tmp_path, clock):
     journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=60)
     first = accept(journal, "1")
     journal.finish_inbox(first)
-    clock.now += 59
+    clock.advance(59)
     assert accept(journal, "1") is False  # handled, and remembered
-    clock.now += 2
+    clock.advance(2)
     assert accept(journal, "1", conversation="c2") is not False
 
 
@@ -96,7 +84,7 @@ def test_a_message_still_waiting_is_a_duplicate_however_old(tmp_path, clock):
     """The window counts from acceptance, but a redelivery of a message not yet handled is never taken again."""
     journal = Journal(tmp_path / "j.sqlite3", dedup_ttl=60)
     assert accept(journal, "1") is not False
-    clock.now += 61
+    clock.advance(61)
     assert accept(journal, "1", conversation="c2") is False
     assert journal.depth().inbox == 1
 
