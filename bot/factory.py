@@ -194,16 +194,12 @@ def _json_http_errors(settings: Settings) -> Callable[[HTTPException], Response]
                 "POST %r: no such endpoint (404); callbacks go to POST %s, form submissions to POST %s",
                 request.path, settings.callback_path, settings.interactions_path,
             )  # fmt: skip
-        return _json_http_error(error)
+        code = (error.name or "error").lower().replace(" ", "_")
+        response = jsonify(error={"code": code, "message": error.description or error.name})
+        response.status_code = error.code or 500
+        for key, value in error.get_headers():
+            if key.lower() in ("allow", "retry-after"):  # 405 must say which methods are allowed
+                response.headers[key] = value
+        return response
 
     return json_http_error
-
-
-def _json_http_error(error: HTTPException) -> Response:
-    code = (error.name or "error").lower().replace(" ", "_")
-    response = jsonify(error={"code": code, "message": error.description or error.name})
-    response.status_code = error.code or 500
-    for key, value in error.get_headers():
-        if key.lower() in ("allow", "retry-after"):  # 405 must say which methods are allowed
-            response.headers[key] = value
-    return response
