@@ -21,9 +21,9 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
-from .message import Target
+from .message import Target, conversation_id
 
 #: The placeholder in a path for the CometChat id of the reply named by ``SendRequest.ref``.
 REF = "{ref}"
@@ -194,6 +194,35 @@ def mark_interacted(user_uid: str, message: str, element_ids: Iterable[str], **c
         headers=_on_behalf_of(user_uid),
         **context,
     )
+
+
+#: A lookup of replies already delivered starts this long before the callback was accepted: CometChat's
+#: ``sentAt`` is its own clock, not this host's.
+LOOKUP_SLACK = 60  # seconds
+LOOKUP_LIMIT = 1000  # messages per lookup: the list APIs' maximum (PLATFORM.md 6)
+
+
+def find_reply(bot_uid: str, request: SendRequest, since: float) -> SendRequest | None:
+    """The call listing the messages that ``request`` (a reply) may already have created since ``since``.
+
+    A reply whose process was killed while it was in flight may or may not
+    have reached CometChat; the pipeline looks for its muid in this list
+    before sending it again. ``GET /messages`` filtered by the conversation
+    (a thread reply: ``GET /messages/{parentId}/thread``), oldest first from
+    ``fromTimestamp`` (``affix=append``): CometChat's List Messages and List
+    Threaded Messages. None for a request that creates no message or has no
+    muid: nothing to look for.
+    """
+    if not (request.is_message and request.muid):
+        return None
+    query = {"fromTimestamp": str(max(0, int(since) - LOOKUP_SLACK)), "affix": "append", "limit": str(LOOKUP_LIMIT)}
+    context = {"message_id": request.message_id, "conversation_id": request.conversation_id}
+    if request.path.endswith("/thread"):
+        return SendRequest(f"{request.path}?{urlencode(query)}", None, method="GET", headers=request.headers, **context)
+    body = request.body
+    conversation = conversation_id(bot_uid, str(body.get("receiver", "")), str(body.get("receiverType", "")))
+    return SendRequest(f"/messages?{urlencode({'conversationId': conversation, **query})}", None, method="GET",
+                       **context)  # fmt: skip
 
 
 # ------------------------------------------------------------------ bots (PLATFORM.md 1.2, 1.3)

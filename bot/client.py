@@ -75,6 +75,47 @@ def perform(sender: Sender, request: SendRequest, sent_log: SentLog) -> Any:
     return result
 
 
+def find_delivered(sender: Sender, request: SendRequest, *, bot_uid: str, since: float) -> dict[str, Any] | None:
+    """The message CometChat already holds for ``request`` (a reply with the same muid), or None.
+
+    Asked before sending again a reply that may have gone out before its
+    process was killed (``since``: when the callback it answers was
+    accepted). CometChat is not known to drop a repeated muid (PLATFORM.md,
+    "Things a framework must handle" 17), so this is what keeps such a
+    reply from appearing twice. Raises the lookup's :class:`CometChatError`:
+    the caller then sends the reply anyway (twice rather than not at all).
+    """
+    lookup = api.find_reply(bot_uid, request, since)
+    if lookup is None:
+        return None
+    data = sender.attempt(lookup)
+    for message in data if isinstance(data, list) else ():
+        if isinstance(message, dict) and message.get("muid") == request.muid:
+            return message
+    return None
+
+
+def already_delivered(sender: Sender, request: SendRequest, sent_log: SentLog, *, bot_uid: str, since: float) -> bool:
+    """Whether a reply that a killed process may have sent is in CometChat already (then its id is recorded
+    as :func:`perform` would have). False, to send it, when it is not there or the lookup failed."""
+    try:
+        found = find_delivered(sender, request, bot_uid=bot_uid, since=since)
+    except CometChatError as error:
+        log.warning(
+            "message %s in %s: could not look up whether reply %s was delivered before (%s); sending it",
+            request.message_id, request.conversation_id, request.muid, error,
+        )  # fmt: skip
+        return False
+    if found is None:
+        return False
+    log.info(
+        "message %s in %s: reply %s was delivered before its process stopped (CometChat id %s); not sent again",
+        request.message_id, request.conversation_id, request.muid, found.get("id"),
+    )  # fmt: skip
+    remember_sent(request, found, sent_log)
+    return True
+
+
 def resolve_ref(request: SendRequest, sent_log: SentLog) -> SendRequest:
     """``request`` with the CometChat id of the reply it refers to (``{ref}``) filled in, if it refers to one.
 
@@ -375,6 +416,8 @@ class LocalSender:
         self._lock = threading.Lock()
 
     def attempt(self, request: SendRequest) -> Any:
+        if self.emulator is None and request.method == "GET":
+            return self._delivered()  # a lookup (api.find_reply) reads; it sends nothing, and is not shown
         if self.emulator is not None:
             status, payload = self.emulator.handle(request.method, request.path, request.body, request.headers)
             result = answer_data(status, payload)  # raises CometChat's error, as the real API would
@@ -394,6 +437,15 @@ class LocalSender:
         return result
 
     send = attempt  # nothing to retry locally
+
+    def _delivered(self) -> list[dict[str, Any]]:
+        """The messages this sender created, as a list API would show them (the latest ``history`` of them)."""
+        with self._lock:
+            return [
+                {**request.body, "id": self.message_ids[request.muid]}
+                for request in self.sent
+                if request.is_message and request.muid in self.message_ids
+            ]
 
 
 def _shown(request: SendRequest) -> str:

@@ -26,11 +26,11 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, ClassVar
-from urllib.parse import unquote
+from urllib.parse import parse_qsl, unquote
 
-from .message import MENTION_TOKEN
+from .message import MENTION_TOKEN, conversation_id
 
 #: CometChat's limits (PLATFORM.md 4.2, 4.6).
 MAX_DATA_BYTES = 10 * 1024
@@ -132,8 +132,11 @@ class Emulator:
     def handle(self, method: str, path: str, body: Any = None, headers: Mapping[str, str] | None = None) -> Answer:
         """Answer one REST call (``path`` relative to ``/v3``) as CometChat would: (status, JSON body)."""
         headers = {k.lower(): v for k, v in (headers or {}).items()}
+        path, _, query = path.partition("?")
+        if method.upper() == "GET":
+            body = dict(parse_qsl(query))  # what a GET action reads instead of a body: its query's parameters
         for verb, pattern, action in self._routes:
-            m = pattern.fullmatch(path.split("?", 1)[0])
+            m = pattern.fullmatch(path)
             if m and verb == method.upper():
                 args = {k: unquote(v) for k, v in m.groupdict().items()}
                 try:
@@ -200,7 +203,7 @@ class Emulator:
     def _mark_read(self, body: Any, on_behalf_of: str, kind: str, id: str) -> dict[str, Any]:
         uid = self._acting_user(on_behalf_of)
         other = id.lower()
-        conversation = f"group_{other}" if kind == "groups" else _conversation_id(uid, other)
+        conversation = conversation_id(uid, other, "group" if kind == "groups" else "user")
         self.reads[conversation] = time.time()
         self._bump()
         return {"success": True, "message": f"the conversation {conversation} has been marked read for {uid}"}
@@ -218,6 +221,26 @@ class Emulator:
         self._touch(message)
         return {"success": True, "message": f"The message id {id} has been marked as interacted for the user {uid}."}
 
+    def _list_messages(self, query: Mapping[str, str], on_behalf_of: str) -> list[dict[str, Any]]:
+        """List Messages: ``conversationId``, ``fromTimestamp`` (``affix=append``: oldest first), ``limit``."""
+        conversation = query.get("conversationId")
+        return self._listed((m for m in self.messages.values() if conversation in (None, m["conversationId"])), query)
+
+    def _list_thread(self, query: Mapping[str, str], on_behalf_of: str, id: str) -> list[dict[str, Any]]:
+        """List Threaded Messages of ``id``, with the same filters."""
+        self._message(id)
+        return self._listed((m for m in self.messages.values() if m.get("parentId") == str(id)), query)
+
+    def _listed(self, messages: Iterable[dict[str, Any]], query: Mapping[str, str]) -> list[dict[str, Any]]:
+        try:
+            since, limit = int(query.get("fromTimestamp", 0)), int(query.get("limit", 100))
+        except ValueError:
+            raise ApiError(400, "ERR_BAD_REQUEST", "fromTimestamp and limit must be integers") from None
+        if not 1 <= limit <= 1000:
+            raise ApiError(400, "ERR_BAD_REQUEST", "limit must be between 1 and 1000")
+        chosen = sorted((m for m in messages if m["sentAt"] >= since), key=lambda m: int(m["id"]))
+        return [self._public(m, ui=False) for m in chosen[:limit]]
+
     def _get_user(self, body: Any, on_behalf_of: str, uid: str) -> dict[str, Any]:
         user = self.users.get(uid.lower())
         if user is None:
@@ -230,7 +253,7 @@ class Emulator:
         return {"uid": self.bot_uid, "webhookURL": "(the app itself)", "groupChatSetting": self.group_chat_setting,
                 "enabled": True}  # fmt: skip
 
-    _routes: ClassVar[list[tuple[str, re.Pattern[str], Callable[..., dict[str, Any]]]]] = [
+    _routes: ClassVar[list[tuple[str, re.Pattern[str], Callable[..., Any]]]] = [
         ("POST", re.compile(r"/bots/(?P<uid>[^/]+)/messages"), _send_bot_message),
         ("POST", re.compile(r"/messages/(?P<id>[^/]+)/thread"), _send_thread),
         ("PUT", re.compile(r"/messages/(?P<id>[^/]+)"), _edit),
@@ -239,6 +262,8 @@ class Emulator:
         ("DELETE", re.compile(r"/messages/(?P<id>[^/]+)/reactions/(?P<reaction>[^/]+)"), _unreact),
         ("POST", re.compile(r"/(?P<kind>users|groups)/(?P<id>[^/]+)/conversation/read"), _mark_read),
         ("PATCH", re.compile(r"/messages/(?P<id>[^/]+)/interacted"), _mark_interacted),
+        ("GET", re.compile(r"/messages"), _list_messages),
+        ("GET", re.compile(r"/messages/(?P<id>[^/]+)/thread"), _list_thread),
         ("GET", re.compile(r"/users/(?P<uid>[^/]+)"), _get_user),
         ("GET", re.compile(r"/bots/(?P<uid>[^/]+)"), _get_bot),
     ]
@@ -353,7 +378,7 @@ class Emulator:
         else:
             user = self.user(receiver)
             receiver = user["uid"]
-            conversation = _conversation_id(sender, receiver)
+            conversation = conversation_id(sender, receiver, "user")
             receiver_entity = {"entityType": "user", "entity": dict(user)}
         data = json.loads(json.dumps(data))  # a copy of what was sent, as a server would keep it
         text = data.get("text")
@@ -467,9 +492,3 @@ def _check_body(body: Any) -> tuple[str, str, str, str, dict[str, Any]]:
     elif not isinstance(data.get("interactiveData"), dict):
         raise ApiError(400, "ERR_INVALID_MESSAGE_DATA", "an interactive message needs interactiveData")
     return receiver.strip().lower(), receiver_type, category, type_, data
-
-
-def _conversation_id(a: str, b: str) -> str:
-    """CometChat's id of a 1:1 conversation: the two uids, sorted, around ``_user_`` (PLATFORM.md 2.2)."""
-    first, second = sorted((a, b))
-    return f"{first}_user_{second}"

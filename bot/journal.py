@@ -94,7 +94,8 @@ CREATE TABLE IF NOT EXISTS outbox (
     owner        TEXT,
     attempts     INTEGER NOT NULL DEFAULT 0,  -- failed attempts so far
     not_before   REAL    NOT NULL DEFAULT 0,  -- retry time after a failure
-    accepted_at  REAL    NOT NULL             -- when the callback it answers was accepted
+    accepted_at  REAL    NOT NULL,            -- when the callback it answers was accepted
+    verify       INTEGER NOT NULL DEFAULT 0   -- 1: it may have been sent by a process that died: look it up first
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (conversation, seq);
 
@@ -194,6 +195,9 @@ class OutboxItem:
     request: SendRequest
     attempts: int  # failed attempts so far
     accepted_at: float
+    # A process that died may have sent it (it held the row, or it ran the message's handler before): CometChat
+    # is asked for its muid before it is sent (bot.client.find_delivered).
+    verify: bool = False
 
 
 @dataclass(frozen=True)
@@ -265,6 +269,7 @@ def _migrate(con: sqlite3.Connection) -> None:
         ("dead_letters", "meta", "TEXT"),
         ("inbox", "dedup_key", "TEXT"),
         ("inbox", "dedup_until", "REAL"),
+        ("outbox", "verify", "INTEGER NOT NULL DEFAULT 0"),
     ):
         columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
         if columns and column not in columns:
@@ -315,6 +320,7 @@ def _start_time(pid: int) -> str:
 
 #: What claiming or handing on a message reads of its row, in the order :func:`_inbox_item` takes it
 #: (the last: whether replies of its conversation wait in the outbox).
+_OUTBOX_COLUMNS = "seq, conversation, message_id, path, body, meta, attempts, accepted_at, verify"
 _INBOX_COLUMNS = (
     "seq, conversation, message_id, body, attempts, accepted_at,"
     " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)"
@@ -572,12 +578,14 @@ class Journal:
         claim: bool,
         attempts: int = 0,
         not_before: float = 0.0,
+        verify: bool = False,
     ) -> OutboxItem | bool:
         """Queue a reply. False if its muid was queued before (a handler re-run after a crash).
 
         With ``claim``, the reply is claimed for this process at once when its
         lane is free (and the rate limit allows), and returned. ``attempts`` and
-        ``not_before`` queue a reply whose first attempt (made inline) failed.
+        ``not_before`` queue a reply whose first attempt (made inline) failed;
+        ``verify`` one that an earlier run of the handler may have sent.
         """
         now = time.time()
         claim = claim and not_before <= now
@@ -590,13 +598,13 @@ class Journal:
             owner = self.owner if claim and lane_busy.fetchone() is None and self._take_tokens(con, 1, now) else None
             seq = con.execute(
                 "INSERT INTO outbox (conversation, message_id, path, body, meta, owner, attempts, not_before,"
-                " accepted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
+                " accepted_at, verify) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) RETURNING seq",
                 (request.conversation_id, request.message_id, request.path, body, meta, owner, attempts, not_before,
-                 accepted_at),
+                 accepted_at, verify),
             ).fetchone()[0]  # fmt: skip
         if owner is None:
             return True
-        return OutboxItem(seq, request.conversation_id, request.message_id, request, attempts, accepted_at)
+        return OutboxItem(seq, request.conversation_id, request.message_id, request, attempts, accepted_at, verify)
 
     def claim_replies(self, limit: int) -> list[OutboxItem]:
         """Claim up to ``limit`` due replies that head their lane, oldest first, within the rate limit."""
@@ -613,7 +621,7 @@ class Journal:
                 " SELECT seq FROM outbox AS o WHERE owner IS NULL AND not_before <= ?2 AND NOT EXISTS"
                 "  (SELECT 1 FROM outbox AS e WHERE e.conversation = o.conversation AND e.seq < o.seq)"
                 " ORDER BY seq LIMIT ?3) "
-                "RETURNING seq, conversation, message_id, path, body, meta, attempts, accepted_at",
+                f"RETURNING {_OUTBOX_COLUMNS}",
                 (self.owner, now, limit),
             ).fetchall()
             self._take_tokens(con, len(rows), now)
@@ -694,7 +702,7 @@ class Journal:
         row = con.execute(
             "UPDATE outbox SET owner = ?1 WHERE seq = (SELECT min(seq) FROM outbox WHERE conversation = ?2)"
             " AND owner IS NULL AND not_before <= ?3 "
-            "RETURNING seq, conversation, message_id, path, body, meta, attempts, accepted_at",
+            f"RETURNING {_OUTBOX_COLUMNS}",
             (self.owner, conversation, now),
         ).fetchone()
         if row is None:
@@ -704,12 +712,12 @@ class Journal:
 
     @staticmethod
     def _outbox_item(row: tuple[Any, ...]) -> OutboxItem:
-        seq, conversation, message_id, path, body, meta, attempts, accepted_at = row
+        seq, conversation, message_id, path, body, meta, attempts, accepted_at, verify = row
         request = SendRequest.restore(
             path, json.loads(body), json.loads(meta) if meta else None, message_id=message_id,
             conversation_id=conversation,
         )  # fmt: skip
-        return OutboxItem(seq, conversation, message_id, request, attempts, accepted_at)
+        return OutboxItem(seq, conversation, message_id, request, attempts, accepted_at, bool(verify))
 
     # ------------------------------------------------------------ rate limit
 
@@ -791,7 +799,8 @@ class Journal:
             inbox = outbox = 0
             for owner in dead:
                 inbox += con.execute("UPDATE inbox SET owner = NULL WHERE owner = ?", (owner,)).rowcount
-                outbox += con.execute("UPDATE outbox SET owner = NULL WHERE owner = ?", (owner,)).rowcount
+                # The dead process may have sent these (a held row may have been in flight): look them up first.
+                outbox += con.execute("UPDATE outbox SET owner = NULL, verify = 1 WHERE owner = ?", (owner,)).rowcount
         log.warning("recovered %d messages and %d replies left by stopped processes %s", inbox, outbox, dead)
         return (inbox, outbox)
 

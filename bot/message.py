@@ -212,3 +212,12 @@ def normalise_mentions(text: str, bot_uid: str, mentions: Mapping[str, User]) ->
     if "<@uid:" not in text:
         return text.strip()
     return _RUNS_OF_BLANKS.sub(" ", MENTION_TOKEN.sub(sub, text)).strip()
+
+
+def conversation_id(sender: str, receiver: str, receiver_type: str) -> str:
+    """CometChat's id of the conversation a message goes to: ``group_<guid>``, or the two uids sorted around
+    ``_user_`` (PLATFORM.md 2.2, 2.3: ``alice_user_helpdesk-bot``)."""
+    if receiver_type == "group":
+        return f"group_{receiver}"
+    first, second = sorted((sender, receiver))
+    return f"{first}_user_{second}"

@@ -54,6 +54,10 @@ class Metrics:
         self.send_errors = Counter(
             f"{PREFIX}_send_errors", "Failed attempts to post a reply, by CometChat error code", ["code"], registry=r
         )
+        self.found_delivered_total = Counter(
+            f"{PREFIX}_replies_found_delivered",
+            "Replies not sent again after a crash: CometChat already had them (looked up by muid)", registry=r,
+        )  # fmt: skip
         self.delivery_seconds = Histogram(
             f"{PREFIX}_delivery_seconds", "From callback accepted to reply accepted by CometChat", registry=r,
             buckets=LATENCY_BUCKETS,
@@ -78,6 +82,9 @@ class Metrics:
     def send_failed(self, code: str) -> None:
         """Count a failed attempt to post a reply, by CometChat's error code."""
         self._send_errors[code].inc()
+
+    def found_delivered(self) -> None:
+        self.found_delivered_total.inc()
 
     def delivered(self, accepted_at: float) -> None:
         self.delivery_seconds.observe(max(0.0, time.time() - accepted_at))

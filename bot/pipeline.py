@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar, Generic, TypeVar
 
 from .api import SendRequest
-from .client import RetryPolicy, Sender, perform, remember_sent, resolve_ref
+from .client import RetryPolicy, Sender, already_delivered, perform, remember_sent, resolve_ref
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable, UnknownReference
 from .journal import Depth, InboxItem, Journal, OutboxItem
@@ -326,9 +326,11 @@ class Pipeline:
             for earlier in held:
                 self.deliver(earlier)
         accepted_at = handling.item.accepted_at if handling else time.time()
+        # A re-run after a crash: the first run may have posted this reply inline, which leaves no trace here.
+        verify = handling is not None and handling.item.attempts > 1
         claim = self._reserve("sender")
         try:
-            result = self.journal.add_reply(request, accepted_at=accepted_at, claim=claim)
+            result = self.journal.add_reply(request, accepted_at=accepted_at, claim=claim, verify=verify)
         except BaseException:
             self._release_sender_slot(int(claim))
             raise
@@ -507,6 +509,8 @@ class Pipeline:
             self._release_sender_slot()
 
     def _send(self, item: OutboxItem) -> OutboxItem | None:
+        if item.verify and self._delivered_before(item):
+            return self.journal.finish_reply(item)
         try:
             perform(self.sender, item.request, self.journal)
         except CometChatError as error:
@@ -530,6 +534,13 @@ class Pipeline:
         self.stats.sent(time.time() - item.accepted_at)
         self.metrics.delivered(item.accepted_at)
         return self.journal.finish_reply(item)
+
+    def _delivered_before(self, item: OutboxItem) -> bool:
+        """Whether CometChat already has this reply (posted by a process that died before it could record it)."""
+        found = already_delivered(self.sender, item.request, self.journal, bot_uid=self.bot_uid, since=item.accepted_at)
+        if found:
+            self.metrics.found_delivered()
+        return found
 
     # ------------------------------------------------------------ claimer
 

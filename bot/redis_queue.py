@@ -54,7 +54,7 @@ from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobReg
 from rq.timeouts import TimerDeathPenalty
 
 from .api import SendRequest
-from .client import RetryPolicy, Sender, perform
+from .client import RetryPolicy, Sender, already_delivered, perform
 from .dispatch import Dispatcher
 from .errors import CometChatError, DeliveryUnavailable
 from .journal import SENT_TTL, RateLimit, SentRecord
@@ -78,6 +78,8 @@ MAINTENANCE_INTERVAL = 10
 #: timeout + 60 s: 11 minutes of a conversation waiting behind a killed worker's message.)
 HEARTBEAT_EVERY = 5
 HEARTBEAT_TTL = 20
+#: A reply's ``sent:{muid}`` record while it is being sent (replaced once CometChat accepted it).
+SENDING = json.dumps({"sending": True})
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
 JOB_RETRIES = 3
 #: Seconds an idle worker thread waits on the queue before it looks for a stop request again.
@@ -200,9 +202,7 @@ class RedisDelivery:
 
         ``accepted_at``: when the callback it answers was accepted, for the delivery latency metric.
         """
-        sent_key = f"{PREFIX}:sent:{request.muid}"
-        if request.muid and self.redis.exists(sent_key):
-            log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
+        if request.muid and self._sent_before(request, accepted_at):
             return
         retries = 0
         while True:
@@ -221,11 +221,35 @@ class RedisDelivery:
                 )  # fmt: skip
                 time.sleep(wait)
                 continue
-            if request.muid and not request.remember:
-                self.redis.set(sent_key, "{}", ex=self.dedup_ttl)
+            self._mark_sent(request)
             if accepted_at is not None:
                 self.metrics.delivered(accepted_at)
             return
+
+    def _sent_before(self, request: SendRequest, accepted_at: float | None) -> bool:
+        """Whether an earlier run of this job sent the reply: it recorded so, or CometChat has it (that run's
+        worker was killed after the POST went out, before the answer was recorded). Marks it as being sent."""
+        key = f"{PREFIX}:sent:{request.muid}"
+        with self.redis.pipeline(transaction=False) as both:  # one round trip
+            both.get(key)
+            both.set(key, SENDING, nx=True, ex=self.dedup_ttl)
+            before, _ = both.execute()
+        if before is None:
+            return False  # the first try
+        if not json.loads(before).get("sending"):
+            log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
+            return True
+        since = time.time() if accepted_at is None else accepted_at
+        if not already_delivered(self.sender, request, self, bot_uid=self.bot_uid, since=since):
+            return False
+        self._mark_sent(request)
+        self.metrics.found_delivered()
+        return True
+
+    def _mark_sent(self, request: SendRequest) -> None:
+        """Record a delivered reply (one that others refer to was recorded with its id by remember_sent)."""
+        if request.muid and not request.remember:
+            self.redis.set(f"{PREFIX}:sent:{request.muid}", "{}", ex=self.dedup_ttl)
 
     def remember_sent(self, muid: str, message_id: str, conversation: str, body: Any = None) -> None:
         """Record a delivered reply's CometChat id (and an interactive message's body) under its muid."""

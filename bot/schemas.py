@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 from marshmallow import EXCLUDE, Schema, ValidationError, fields, validate
 
 from .errors import InvalidCallback
-from .message import MENTION_TOKEN, Attachment, Message, Submission, User, normalise_mentions
+from .message import MENTION_TOKEN, Attachment, Message, Submission, User, conversation_id, normalise_mentions
 
 #: What the UI kit sends to an apiAction URL (PLATFORM.md 5.4); also the trigger of journaled submissions.
 INTERACTION_TRIGGER = "ui_message_interacted"
@@ -447,7 +447,7 @@ def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
         sender=sender,
         receiver=m["receiver"],
         receiver_type=m["receiverType"],
-        conversation_id=m["conversationId"] or _conversation_id(m),
+        conversation_id=m["conversationId"] or conversation_id(m["sender"], m["receiver"], m["receiverType"]),
         text=normalise_mentions(raw_text, bot, mentioned) if raw_text else "",
         raw_text=raw_text,
         attachments=tuple(
@@ -464,15 +464,6 @@ def _build_message(m: dict, raw: dict, *, bot: str, trigger: str) -> Message:
         trigger=trigger,
         raw=raw,
     )
-
-
-def _conversation_id(m: dict) -> str:
-    """CometChat's conversation id, for a callback that leaves it out: ``group_<guid>``, or the two uids
-    sorted around ``_user_`` (PLATFORM.md 2.2, 2.3: ``alice_user_helpdesk-bot``). Lanes and logs key on it."""
-    if m["receiverType"] == "group":
-        return f"group_{m['receiver']}"
-    first, second = sorted((m["sender"], m["receiver"]))
-    return f"{first}_user_{second}"
 
 
 def _entity(wrapper: Any) -> dict:

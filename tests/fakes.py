@@ -7,7 +7,11 @@
   processes. Requests wait at a gate while it is closed; only those that
   arrived while it was open count as delivered (a request that waited is
   answered 503 once the gate opens: its client was killed meanwhile, or will
-  retry it). ``status_for`` answers chosen texts with an error.
+  retry it), unless ``keep_held``: then CometChat took what arrived and only
+  its answer waits (the case of a reply sent again after a crash).
+  ``status_for`` answers chosen texts with an error. It lists what it
+  delivered as CometChat's List Messages does, for the lookup of replies that
+  may have gone out before a crash.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
 from bot.factory import bot_app
+from bot.message import conversation_id
 from tests.conftest import API_KEY, BOT_UID
 
 
@@ -91,17 +96,21 @@ class NumberingCometChat:
 
 
 class GatedCometChat:
-    def __init__(self, *, open_gate: bool = True) -> None:
+    def __init__(self, *, open_gate: bool = True, keep_held: bool = False) -> None:
         self.server = HTTPServer(host="127.0.0.1", port=0, threaded=True)
         self.lock = threading.Lock()
-        self.delivered: list[dict] = []
+        self.delivered: list[dict] = []  # the bodies of the replies taken
+        self.messages: list[dict] = []  # the messages they created
         self.attempts = 0
+        self.lookups: list[dict[str, str]] = []  # the query of each List Messages call
         self.arrived = threading.Event()  # set by the first request
         self.gate = threading.Event()
         if open_gate:
             self.gate.set()
+        self.keep_held = keep_held
         self.status_for: dict[str, tuple[int, str]] = {}  # text -> (status, error code)
         self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
+        self.server.expect_request("/v3/messages", method="GET").respond_with_handler(self.list_messages)
 
     def __enter__(self) -> GatedCometChat:
         self.server.start()
@@ -113,21 +122,41 @@ class GatedCometChat:
         self.server.stop()
 
     def handle(self, request: Request) -> Response:
+        assert request.headers["apikey"] == API_KEY
+        body = request.get_json()
         with self.lock:
             self.attempts += 1
         self.arrived.set()
         arrived_open = self.gate.is_set()
+        if not arrived_open and self.keep_held:
+            message = self._deliver(body)
         self.gate.wait(30)
         if not arrived_open:
+            if self.keep_held:
+                return Response(json.dumps({"data": message}), content_type="application/json")
             return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
-        body = request.get_json()
         if body["data"].get("text", "") in self.status_for:
             status, code = self.status_for[body["data"]["text"]]
             return Response(f'{{"error": {{"code": "{code}"}}}}', status=status, content_type="application/json")
-        assert request.headers["apikey"] == API_KEY
+        return Response(json.dumps({"data": self._deliver(body)}), content_type="application/json")
+
+    def _deliver(self, body: dict) -> dict:
+        """Take a reply: the message CometChat would create and list."""
         with self.lock:
             self.delivered.append(body)
-        return Response('{"data": {"id": "1"}}', content_type="application/json")
+            conversation = conversation_id(BOT_UID, body["receiver"], body["receiverType"])
+            message = {**body, "id": str(len(self.delivered)), "sender": BOT_UID, "conversationId": conversation}
+            self.messages.append(message)
+            return message
+
+    def list_messages(self, request: Request) -> Response:
+        """List Messages, filtered by ``conversationId`` (the only filter the lookup's answer depends on here)."""
+        assert request.headers["apikey"] == API_KEY
+        query = dict(request.args)
+        with self.lock:
+            self.lookups.append(query)
+            listed = [m for m in self.messages if m["conversationId"] == query.get("conversationId")]
+        return Response(json.dumps({"data": listed}), content_type="application/json")
 
     def texts(self) -> list[str]:
         with self.lock:

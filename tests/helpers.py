@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
+
+from bot.journal import process_owner
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 2.0, interval: float = 0.01) -> bool:
@@ -15,6 +19,12 @@ def wait_for(predicate: Callable[[], object], timeout: float = 2.0, interval: fl
             return bool(predicate())
         time.sleep(interval)
     return True
+
+
+def dead_owner() -> str:
+    """The journal owner id of a process of this host that has exited (what a killed process leaves behind)."""
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    return f"{process_owner().split(':')[0]}:{int(dead.stdout)}:1"
 
 
 class Clock:

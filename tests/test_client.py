@@ -20,7 +20,7 @@ from werkzeug import Request, Response
 
 from bot import Text
 from bot.api import SendRequest
-from bot.client import CometChatClient, LocalSender, RetryPolicy
+from bot.client import CometChatClient, LocalSender, RetryPolicy, already_delivered, find_delivered
 from bot.errors import (
     AuthenticationError,
     BadRequest,
@@ -566,3 +566,93 @@ def test_from_settings_gives_the_client_the_bot_uid(httpserver):
     )
     assert CometChatClient.from_settings(settings).bot_uid == "helpdesk-bot"
     assert CometChatClient.from_settings(settings, bot_uid="other").bot_uid == "other"
+
+
+# ------------------------------------------------------------------ a reply that may have gone out before a crash
+
+ACCEPTED_AT = 1_796_280_834.7  # when the callback the reply answers was accepted
+
+
+def thread_request() -> SendRequest:
+    body = {**BODY, "muid": "t-1"}
+    return SendRequest("/messages/77/thread", body, "9031", "alice_user_helpdesk-bot", headers={"onBehalfOf": BOT_UID})
+
+
+@pytest.mark.parametrize(
+    ("request_", "line", "on_behalf_of"),
+    [
+        (send_request(), "GET /v3/messages?conversationId=alice_user_helpdesk-bot&fromTimestamp=1796280774"
+                         "&affix=append&limit=1000", None),
+        (send_request({**BODY, "receiver": "team", "receiverType": "group"}),
+         "GET /v3/messages?conversationId=group_team&fromTimestamp=1796280774&affix=append&limit=1000", None),
+        (thread_request(), "GET /v3/messages/77/thread?fromTimestamp=1796280774&affix=append&limit=1000", BOT_UID),
+    ],
+    ids=["to a user", "to a group", "in a thread"],
+)  # fmt: skip
+def test_a_reply_is_looked_up_in_its_conversation_by_muid(request_, line, on_behalf_of, bot_client, httpserver):
+    listed = [{"id": "500", "muid": "other"}, {"id": "501", "muid": request_.muid, "sender": BOT_UID}]
+    httpserver.expect_request(re.compile("/v3/messages.*"), method="GET").respond_with_json({"data": listed})
+
+    assert find_delivered(bot_client, request_, bot_uid=BOT_UID, since=ACCEPTED_AT) == listed[1]
+
+    [(sent, _)] = httpserver.log  # a lookup only: nothing posted
+    assert f"{sent.method} {sent.environ['RAW_URI']}" == line  # from a minute before the callback, for clock skew
+    assert sent.headers["apikey"] == API_KEY and sent.headers.get("onBehalfOf") == on_behalf_of
+    assert sent.get_data() == b""
+
+
+def test_a_reply_not_in_the_list_is_not_found(bot_client, httpserver):
+    httpserver.expect_request("/v3/messages", method="GET").respond_with_json({"data": [{"id": "500", "muid": "x"}]})
+    assert find_delivered(bot_client, send_request(), bot_uid=BOT_UID, since=ACCEPTED_AT) is None
+
+
+@pytest.mark.parametrize(
+    "request_",
+    [
+        SendRequest("/messages/77", {"data": {"text": "edited"}}, method="PUT"),  # an edit creates no message
+        SendRequest(f"/bots/{BOT_UID}/messages", BODY),  # no muid to look for
+    ],
+    ids=["edit", "no muid"],
+)
+def test_nothing_is_looked_up_for_requests_that_cannot_be_found(request_, bot_client, httpserver):
+    assert find_delivered(bot_client, request_, bot_uid=BOT_UID, since=ACCEPTED_AT) is None
+    assert httpserver.log == []
+
+
+def test_a_failed_lookup_means_send_it(bot_client, httpserver, api_answer, caplog):
+    status, _, error = api_answer("server_error_500")
+    httpserver.expect_request("/v3/messages", method="GET").respond_with_json(error, status=status)
+    sent_log = RecordingSentLog()
+    with caplog.at_level(logging.WARNING, logger="bot.client"):
+        assert already_delivered(bot_client, send_request(), sent_log, bot_uid=BOT_UID, since=ACCEPTED_AT) is False
+    assert len(httpserver.log) == 1  # one lookup; its failure is not retried here (the reply is sent instead)
+    assert "could not look up whether reply m-1 was delivered" in caplog.text and "ERR_MISSION_FAILED" in caplog.text
+    assert sent_log.records == []
+
+
+def test_a_reply_found_is_recorded_like_a_sent_one(bot_client, httpserver):
+    request_ = SendRequest(f"/bots/{BOT_UID}/messages", {**BODY, "muid": "m-1"}, "9031", "c-1", remember=True)
+    httpserver.expect_request("/v3/messages", method="GET").respond_with_json({"data": [{"id": "501", "muid": "m-1"}]})
+    sent_log = RecordingSentLog()
+    assert already_delivered(bot_client, request_, sent_log, bot_uid=BOT_UID, since=ACCEPTED_AT) is True
+    assert sent_log.records == [("m-1", "501", "c-1")]  # a later edit of it finds its id
+
+
+class RecordingSentLog:
+    def __init__(self) -> None:
+        self.records: list[tuple[str, str, str]] = []
+
+    def remember_sent(self, muid: str, message_id: str, conversation: str, body: object = None) -> None:
+        self.records.append((muid, message_id, conversation))
+
+    def sent(self, muid: str) -> None:
+        return None
+
+
+def test_local_sender_lists_what_it_delivered_without_showing_the_lookup(capsys):
+    sender = LocalSender()
+    sender.attempt(send_request())
+    capsys.readouterr()
+    found = find_delivered(sender, send_request(), bot_uid=BOT_UID, since=ACCEPTED_AT)
+    assert found is not None and found["id"] == sender.message_ids["m-1"]
+    assert capsys.readouterr().out == "" and sender.total == 1  # a lookup is not a reply

@@ -135,6 +135,36 @@ def test_kill_9_loses_nothing_and_keeps_each_conversations_order(fake, env, tmp_
     assert "recovered" in log.read_text()
 
 
+def test_a_reply_cometchat_took_before_a_kill_9_is_not_sent_again(env, tmp_path):
+    """CometChat took the replies in flight, but the processes died before its answers came: after the restart
+    each is looked up by its muid and found, so every reply is delivered exactly once, in order."""
+    with GatedCometChat(open_gate=False, keep_held=True) as fake:
+        env = {**env, "COMETCHAT_API_URL": fake.server.url_for("/v3")}
+        messages = conversation_messages(n_users=4, per_user=3)
+        log = tmp_path / "gunicorn.log"
+        first = Gunicorn(env, log)
+        try:
+            assert [first.post(body) for _, body, _ in messages] == [200] * len(messages)
+            assert wait_for(lambda: fake.attempts >= 4, 20), "replies should be in flight when the processes die"
+        finally:
+            first.kill_all()
+        taken = len(fake.texts())
+
+        fake.gate.set()
+        second = Gunicorn(env, log)
+        try:
+            assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), log.read_text()[-3000:]
+        finally:
+            second.terminate()
+        texts = fake.texts()
+        assert sorted(texts) == sorted(expected for _, _, expected in messages)  # each one, once
+        for u in range(4):
+            assert [t for t in texts if f"City{u}x" in t] == [e for user, _, e in messages if user == f"user{u}"]
+        assert taken >= 4 and log.read_text().count("not sent again") == taken
+        looked_up = {lookup["conversationId"] for lookup in fake.lookups}
+        assert looked_up and looked_up <= {f"{BOT_UID}_user_user{u}" for u in range(4)}
+
+
 def test_sigterm_drains_in_flight_replies(fake, env, tmp_path):
     messages = conversation_messages(n_users=3, per_user=2)
     log = tmp_path / "gunicorn.log"

@@ -72,6 +72,35 @@ def test_what_cometchat_refuses_is_refused_with_its_code(emulator, body, status,
     assert emulator.messages == {}
 
 
+def test_messages_are_listed_by_conversation_and_time_oldest_first(emulator):
+    first = send(emulator, text(words="one", muid="m-1"))[1]["data"]
+    group = send(emulator, text("team", "group", words="to the group"))[1]["data"]
+    third = send(emulator, text(words="three", muid="m-3"))[1]["data"]
+    for message, sent_at in ((first, 1_000), (group, 2_000), (third, 3_000)):
+        emulator.messages[message["id"]]["sentAt"] = sent_at
+
+    status, answer = emulator.handle("GET", "/messages?conversationId=alice_user_bot&fromTimestamp=1000&affix=append")
+    assert status == 200
+    assert [(m["id"], m["muid"], m["data"]["text"]) for m in answer["data"]] == [
+        (first["id"], "m-1", "one"),
+        (third["id"], "m-3", "three"),
+    ]
+    later = emulator.handle("GET", "/messages?conversationId=alice_user_bot&fromTimestamp=2500")[1]["data"]
+    assert [m["id"] for m in later] == [third["id"]]
+    assert [m["data"]["text"] for m in emulator.handle("GET", "/messages?limit=1")[1]["data"]] == ["one"]
+    bad = emulator.handle("GET", "/messages?limit=1001")
+    assert (bad[0], bad[1]["error"]["code"]) == (400, "ERR_BAD_REQUEST")
+
+
+def test_a_threads_replies_are_listed(emulator):
+    parent = send(emulator, text())[1]["data"]
+    reply = send(emulator, text(words="in thread", muid="t-1"), f"/messages/{parent['id']}/thread", onBehalfOf="bot")
+    send(emulator, text(words="not in it"))
+    status, answer = emulator.handle("GET", f"/messages/{parent['id']}/thread?fromTimestamp=0&affix=append")
+    assert status == 200
+    assert [(m["id"], m["muid"]) for m in answer["data"]] == [(reply[1]["data"]["id"], "t-1")]
+
+
 def test_the_bot_must_be_a_member_of_the_group(emulator):
     emulator.set_member("team", "bot", False)
     status, answer = send(emulator, text("team", "group"))
@@ -98,7 +127,8 @@ def test_threads_edits_deletes_reactions_and_marks(emulator):
     assert emulator.messages[parent["id"]]["reactions"] == {"👍": ["bot"]}
     assert emulator.handle("DELETE", f"/messages/{parent['id']}", {"permanent": False}, {"onBehalfOf": "bot"})[0] == 200
     assert emulator.messages[parent["id"]]["deletedAt"]
-    assert emulator.handle("GET", "/messages/999/thread")[1]["error"]["code"] == "ERR_API_NOT_FOUND"
+    assert emulator.handle("GET", "/messages/999/thread")[1]["error"]["code"] == "ERR_MESSAGE_ID_NOT_FOUND"
+    assert emulator.handle("GET", "/messages/999/reactions")[1]["error"]["code"] == "ERR_API_NOT_FOUND"
     assert emulator.handle("PUT", "/messages/999", {"data": {}}, {"onBehalfOf": "bot"})[0] == 404
 
     assert emulator.handle("POST", "/users/alice/conversation/read", None, {"onBehalfOf": "bot"})[0] == 200

@@ -5,8 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import sqlite3
-import subprocess
-import sys
 import threading
 import time
 from types import SimpleNamespace
@@ -17,7 +15,7 @@ from bot import journal as journal_module
 from bot.api import SendRequest
 from bot.errors import ConfigError
 from bot.journal import InboxItem, Journal, OutboxItem, RateLimit, owner_alive, process_owner
-from tests.helpers import Clock
+from tests.helpers import Clock, dead_owner
 
 
 @pytest.fixture
@@ -214,15 +212,30 @@ def test_requeue_dead_letter(journal):
 
 
 def test_recover_releases_rows_of_dead_processes_only(journal):
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    dead_owner = f"{process_owner().split(':')[0]}:{int(dead.stdout)}:1"
-    crashed = other_process(journal, dead_owner)
+    crashed = other_process(journal, dead_owner())
     accept(crashed, "1", "c1")
     crashed.add_reply(reply("0", conversation="c3"), accepted_at=0, claim=True)
     accept(journal, "2", "c2")  # ours, alive
     assert journal.recover() == (1, 1)
     assert [item.message_id for item in journal.claim_inbox(10)] == ["1"]
     assert [item.request.muid for item in journal.claim_replies(10)] == ["0-0"]
+
+
+def test_replies_a_dead_process_held_are_looked_up_before_they_are_sent_again(journal):
+    crashed = other_process(journal, dead_owner())
+    crashed.add_reply(reply("0", conversation="c3"), accepted_at=0, claim=True)  # held: perhaps in flight
+    crashed.add_reply(reply("5", conversation="c4"), accepted_at=0, claim=False)  # waiting: nobody sent it
+    assert journal.recover() == (0, 1)
+    claimed = {item.request.muid: item.verify for item in journal.claim_replies(10)}
+    assert claimed == {"0-0": True, "5-0": False}
+
+
+def test_a_reply_queued_for_verification_keeps_the_mark(journal):
+    item = journal.add_reply(reply("1"), accepted_at=0, claim=True, verify=True)
+    assert isinstance(item, OutboxItem) and item.verify
+    journal.add_reply(reply("1", seq=1), accepted_at=0, claim=False)
+    following = journal.finish_reply(item)
+    assert following is not None and (following.request.muid, following.verify) == ("1-1", False)
 
 
 def test_owner_alive():
@@ -418,6 +431,17 @@ def test_a_journal_that_holds_a_message_twice_opens_and_handles_both(tmp_path):
     second = journal.finish_inbox(first) or journal.claim_inbox(5)[0]
     assert (first.message_id, second.message_id) == ("twice", "twice") and second.seq > first.seq
     assert accept(journal, "twice") is False  # the first copy's key is in ``seen`` now
+
+
+def test_a_journal_whose_outbox_has_no_verify_column_gets_it(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    Journal(path).add_reply(reply("old"), accepted_at=0, claim=False)
+    with sqlite3.connect(path) as con:  # as the earlier version left it
+        con.execute("ALTER TABLE outbox DROP COLUMN verify")
+    journal = Journal(path)
+    [waiting] = journal.claim_replies(5)
+    assert (waiting.request.muid, waiting.verify) == ("old-0", False)
+    assert journal.add_reply(reply("new", conversation="c2"), accepted_at=0, claim=True, verify=True).verify
 
 
 def test_the_wal_starts_over_while_writes_go_on(tmp_path, monkeypatch):

@@ -23,7 +23,7 @@ from bot.pipeline import Pipeline, PipelineOptions
 from bot.schemas import parse_callback
 from bot.state import SqliteStateStore
 from bot.testing import make_callback
-from tests.helpers import wait_for
+from tests.helpers import dead_owner, wait_for
 
 
 class ScriptedSender:
@@ -34,11 +34,19 @@ class ScriptedSender:
         self.attempts: list[SendRequest] = []
         self.delivered: list[SendRequest] = []
         self.failures: dict[str, list[Exception]] = defaultdict(list)  # text -> errors to raise, in order
+        self.lookups: list[SendRequest] = []  # List Messages calls (bot.client.find_delivered)
+        self.lookup_error: Exception | None = None
 
     def fail(self, text: str, *errors: Exception) -> None:
         self.failures[text].extend(errors)
 
-    def attempt(self, request: SendRequest) -> dict:
+    def attempt(self, request: SendRequest) -> dict | list:
+        if request.method == "GET":  # a lookup: the messages delivered so far, as CometChat lists them
+            with self.lock:
+                self.lookups.append(request)
+                if self.lookup_error is not None:
+                    raise self.lookup_error
+                return [{**r.body, "id": str(n)} for n, r in enumerate(self.delivered, 1)]
         text = request.body["data"].get("text", "")
         with self.lock:
             self.attempts.append(request)
@@ -359,6 +367,44 @@ def test_a_message_that_keeps_killing_its_process_is_dead_lettered(tmp_path, sen
     assert sender.texts() == []
     [letter] = pipeline.journal.dead_letters()
     assert (letter["kind"], letter["error_code"]) == ("message", "HANDLER_CRASHED")
+
+
+@pytest.mark.parametrize(
+    ("delivered_before", "lookup_error", "posts"),
+    [
+        (True, None, 0),  # CometChat took it before the process died: not sent again
+        (False, None, 1),  # the process died before sending it
+        (True, ServerError("down", status=500), 1),  # no way to know: sent (twice rather than never)
+    ],
+    ids=["delivered", "not delivered", "lookup failed"],
+)
+def test_a_message_handled_again_after_a_crash_looks_its_replies_up_first(
+    tmp_path, sender, echo, delivered_before, lookup_error, posts
+):
+    body = make_callback("hello", sender="alice", id="7001")
+    journal = Journal(tmp_path / "journal.sqlite3")
+    journal.owner = dead_owner()  # a process claimed it, ran its handler, and was killed
+    assert journal.accept("bot", "alice_user_bot", "7001", json.dumps(body).encode(), claim=True)
+    if delivered_before:  # ... after its inline reply reached CometChat
+        Dispatcher(echo, bot_uid="bot").handle(parse_callback(body).message, sender.attempt)
+    sender.lookup_error = lookup_error
+    before = len(sender.delivered)
+
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    assert wait_for(lambda: pipeline.journal.depth().inbox == 0, 5) and pipeline.wait_idle(5)
+    assert len(sender.delivered) - before == posts
+    assert sender.texts() == ["echo hello"] * (before + posts)
+    [lookup] = sender.lookups
+    assert lookup.method == "GET" and lookup.path.startswith("/messages?conversationId=alice_user_bot&")
+    found = pipeline.metrics.registry.get_sample_value("cometchat_bot_replies_found_delivered_total")
+    assert found == (1 if posts == 0 else 0)
+
+
+def test_a_message_handled_the_first_time_looks_nothing_up(tmp_path, sender, echo):
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "first time")
+    assert pipeline.wait_idle(5)
+    assert sender.texts() == ["echo first time"] and sender.lookups == []
 
 
 def test_pipeline_restarts_after_fork_on_first_use(tmp_path, sender, echo):

@@ -28,7 +28,7 @@ import config
 from bot import Router
 from bot.factory import bot_app, build_app
 from bot.journal import RateLimit
-from bot.redis_queue import _TAKE_TOKEN, HEARTBEAT_TTL, PREFIX, RedisDelivery
+from bot.redis_queue import _TAKE_TOKEN, HEARTBEAT_TTL, PREFIX, SENDING, RedisDelivery
 from bot.testing import make_callback
 from bots.weather import forecast
 from tests.fakes import GatedCometChat
@@ -406,6 +406,29 @@ def test_a_job_run_again_does_not_resend_a_delivered_reply(settings, fake, basic
     delivery.work(burst=True)
     delivery.process(json.dumps(body).encode())  # what a retried job does after a crash after sending
     assert fake.texts() == [forecast("Oslo")]
+
+
+@pytest.mark.parametrize("cometchat_has_it", [True, False], ids=["taken before the kill", "never arrived"])
+def test_a_job_run_again_after_a_kill_mid_send_looks_the_reply_up(settings, fake, basic_auth, cometchat_has_it):
+    """The earlier run marked the reply as being sent and was killed before it could record CometChat's answer."""
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    body = make_callback("/weather Oslo", id="8081", bot=BOT_UID)
+    post(web, body, basic_auth)
+    delivery.work(burst=True)
+    [sent] = fake.delivered
+    delivery.redis.set(f"{PREFIX}:sent:{sent['muid']}", SENDING)  # where the killed run had got to
+    if not cometchat_has_it:
+        fake.delivered.clear()
+        fake.messages.clear()
+
+    delivery.process(json.dumps(body).encode())  # the job, run again
+
+    assert fake.texts() == [forecast("Oslo")]  # once, either way
+    assert [lookup["conversationId"] for lookup in fake.lookups] == [f"alice_user_{BOT_UID}"]  # uids sorted
+    assert json.loads(delivery.redis.get(f"{PREFIX}:sent:{sent['muid']}")) == {}  # recorded as sent now
+    found = delivery.metrics.registry.get_sample_value("cometchat_bot_replies_found_delivered_total")
+    assert found == (1 if cometchat_has_it else 0)
 
 
 def test_shared_token_bucket(redis_url):
