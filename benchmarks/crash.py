@@ -11,7 +11,8 @@ Redis: one of two RQ workers is killed with SIGKILL mid-load and a new one
 started; RQ must find the abandoned job and run it again.
 
 Then the script waits (bounded) until every answered callback has its reply
-and prints one line: answered, delivered, lost, doubled, out of order.
+and prints one line: answered, delivered, lost, doubled, out of order, and how
+many replies were looked up (List Messages) before being sent again.
 Everything runs on 127.0.0.1 with ports chosen by the OS; the CometChat API is
 a small recording fake in this process (it answers after ``--latency-ms``).
 """
@@ -34,6 +35,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.parse
 from collections import defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -52,6 +54,8 @@ class Recorder(ThreadingHTTPServer):
         self.latency = latency
         self.lock = threading.Lock()
         self.replies: list[tuple[str, int, str]] = []  # (receiver, N, muid)
+        self.messages: dict[str, list[dict]] = defaultdict(list)  # conversation id -> the messages created
+        self.lookups = 0
         super().__init__(("127.0.0.1", 0), _RecorderHandler)
 
     @property
@@ -74,10 +78,26 @@ class _RecorderHandler(BaseHTTPRequestHandler):
             return self._answer(401, {"error": {"code": "AUTH_ERR_APIKEY_NOT_FOUND", "message": "bad key"}})
         time.sleep(self.server.latency)
         found = MARK.search(body.get("data", {}).get("text", ""))
-        if found:
-            with self.server.lock:
+        conversation = "_user_".join(sorted(("bot", body["receiver"])))
+        message = {**body, "id": str(time.time_ns()), "conversationId": conversation, "sentAt": int(time.time())}
+        with self.server.lock:
+            if found:
                 self.server.replies.append((body["receiver"], int(found.group(1)), body.get("muid", "")))
-        self._answer(200, {"data": {**body, "id": str(time.time_ns())}})
+            self.server.messages[conversation].append(message)
+        self._answer(200, {"data": message})
+
+    def do_GET(self) -> None:
+        """List Messages of one conversation (``conversationId``, ``fromTimestamp``, ``limit``), oldest first: the
+        lookup of a reply that may have been sent before a crash."""
+        url = urllib.parse.urlsplit(self.path)
+        query = dict(urllib.parse.parse_qsl(url.query))
+        if url.path != "/v3/messages" or self.headers.get("apikey") != API_KEY:
+            return self._answer(404, {"error": {"code": "ERR_API_NOT_FOUND", "message": self.path}})
+        since, limit = int(query.get("fromTimestamp", 0)), int(query.get("limit", 100))
+        with self.server.lock:
+            self.server.lookups += 1
+            listed = [m for m in self.server.messages[query.get("conversationId", "")] if m["sentAt"] >= since]
+        self._answer(200, {"data": listed[:limit]})
 
     def _answer(self, status: int, payload: dict) -> None:
         data = json.dumps(payload).encode()
@@ -287,11 +307,13 @@ def main() -> int:
     )  # each user's callbacks were posted one after another by one thread, in increasing N
     mode = "redis+rq (2 RQ worker processes, 1 killed)" if args.redis else "embedded (gunicorn -w 2, kill -9 twice)"
     print("\n".join(events))
-    print("| mode | posted | answered 200 | delivered | lost | doubled (same muid) | out of order | drain s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| mode | posted | answered 200 | delivered | lost | doubled (same muid) | out of order | looked up | drain s |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     print(
         f"| {mode} | {load.sent} | {len(answered)} | {len(unique & set(answered))} | {len(lost)} "
-        f"| {doubled} ({same_muid}) | {out_of_order} | {drain:.1f} |"
+        f"| {doubled} ({same_muid}) | {out_of_order} | {recorder.lookups} | {drain:.1f} |"
     )
     if lost:
         print("lost:", lost[:20])

@@ -4,7 +4,8 @@ One SQLite file (WAL mode, standard library) shared by every process of the
 app on a host. Its tables:
 
 * ``inbox``: accepted callbacks not yet handled (one row per message);
-* ``outbox``: replies not yet delivered (one row per CometChat request);
+* ``outbox``: replies not yet delivered (one row per CometChat request),
+  ``verify`` set on those a process that died may have sent already;
 * ``seen``: the ids of handled messages and the muids of queued replies
   within the dedup window, so a redelivered callback is not handled twice
   and a re-run handler does not send a reply twice (a message still in the

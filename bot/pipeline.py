@@ -18,7 +18,10 @@ and returns; nothing slow happens before the 200. Then, per process:
   the outbox with a due time, and so are the message's later replies;
 * sender threads post what is in the outbox, one attempt each; a failure
   that may pass puts the reply back with a due time while its
-  conversation's lane waits; a final failure becomes a dead letter.
+  conversation's lane waits; a final failure becomes a dead letter. A
+  reply a dead process may have sent (the replies of a message handled
+  again after a crash, rows it held) is looked up in CometChat by its muid
+  first (bot.client.find_delivered) and not sent again if it is there.
 
 Work is handed to the pools directly when a lane is free (the common case,
 no extra round trip); a claimer thread picks up everything else: messages

@@ -23,7 +23,9 @@ How the guarantees are kept, with the engine's own mechanisms:
   ``MAINTENANCE_INTERVAL`` s). A reply's muid is
   recorded in Redis once CometChat accepted it (with its CometChat id, which
   later edits and form submissions look up), so a job that runs again does
-  not send that reply twice.
+  not send that reply twice; one whose first try was under way when the
+  worker died (``{"sending": true}`` in the same key) is looked up in
+  CometChat by its muid before it is sent again.
 * **Flow control**: a reply is retried in its job, honouring ``Retry-After``,
   which keeps the conversation's later messages behind it; other
   conversations go on on other workers (and threads). A shared token bucket in Redis
