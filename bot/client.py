@@ -210,16 +210,21 @@ class CometChatClient:
         self._transfers.close()
 
     def send(self, request: SendRequest) -> Any:
-        """Perform a request, retrying what can be retried; returns the answer's ``data``."""
-        retries = 0
+        """Perform a request, retrying what can be retried; returns the answer's ``data``.
+
+        A reply whose attempt may have been carried out (``in_doubt``: it timed out after it was sent) is
+        looked up before it is tried again, and the message found is returned.
+        """
+        retries, started, in_doubt = 0, time.time(), False
         while True:
             try:
-                return self.attempt(request)
+                found = self._find(request, started) if in_doubt else None
+                return found if found is not None else self.attempt(request)
             except CometChatError as error:
                 wait = self.retry.delay(retries, error)
                 if wait is None:
                     raise
-                retries += 1
+                retries, in_doubt = retries + 1, in_doubt or error.in_doubt
                 log.warning(
                     "send failed with %s; retry %d in %.2fs",
                     error.code,
@@ -228,6 +233,16 @@ class CometChatClient:
                     extra={"message_id": request.message_id, "conversation": request.conversation_id},
                 )
                 self._sleep(wait)
+
+    def _find(self, request: SendRequest, since: float) -> dict[str, Any] | None:
+        """The reply in CometChat already, or None (also when the lookup failed: then it is sent again)."""
+        if not self.bot_uid:
+            return None
+        try:
+            return find_delivered(self, request, bot_uid=self.bot_uid, since=since)
+        except CometChatError as error:
+            log.warning("could not look up whether reply %s was delivered (%s); sending it", request.muid, error)
+            return None
 
     def attempt(self, request: SendRequest) -> Any:
         """One try at a request (the pipeline schedules retries itself, without blocking a thread)."""

@@ -72,6 +72,9 @@ class CometChatError(Exception):
     """
 
     retryable = False
+    #: The request may have been carried out although no answer said so (it timed out after it was sent): before
+    #: a reply is tried again, CometChat is asked whether it has it (bot.client.find_delivered).
+    in_doubt = False
 
     def __init__(self, message: str, *, status: int = 0, code: str = "", retry_after: float | None = None) -> None:
         super().__init__(message)
@@ -111,11 +114,22 @@ class ServerError(CometChatError):
 
     retryable = True
 
+    @property
+    def in_doubt(self) -> bool:
+        return self.status == 504  # a gateway stopped waiting for CometChat, which may have gone on
+
 
 class TransportError(CometChatError):
-    """No usable answer: connection refused, reset, timed out. Retried with backoff."""
+    """No usable answer: connection refused, reset, timed out. Retried with backoff.
+
+    ``in_doubt`` when the request had been sent in full (a timeout or a reset while waiting for the answer).
+    """
 
     retryable = True
+
+    def __init__(self, message: str, *, in_doubt: bool = False) -> None:
+        super().__init__(message)
+        self.in_doubt = in_doubt
 
 
 class UnknownReference(CometChatError):

@@ -634,12 +634,14 @@ class Journal:
             con.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
             return self._claim_next_reply(con, item.conversation)
 
-    def retry_reply(self, item: OutboxItem, not_before: float) -> None:
-        """Put a failed reply back, due at ``not_before``; its lane waits for it."""
+    def retry_reply(self, item: OutboxItem, not_before: float, *, verify: bool = False) -> None:
+        """Put a failed reply back, due at ``not_before``; its lane waits for it. ``verify``: the attempt may
+        have been carried out (bot.errors.CometChatError.in_doubt), so the next one looks the reply up first."""
         with self._write() as con:
             con.execute(
-                "UPDATE outbox SET owner = NULL, attempts = attempts + 1, not_before = ? WHERE seq = ?",
-                (not_before, item.seq),
+                "UPDATE outbox SET owner = NULL, attempts = attempts + 1, not_before = ?, verify = max(verify, ?)"
+                " WHERE seq = ?",
+                (not_before, verify, item.seq),
             )
 
     def dead_letter_reply(self, item: OutboxItem, code: str, error: str) -> OutboxItem | None:

@@ -383,7 +383,9 @@ class Pipeline:
             item.message_id, item.conversation, error.code, wait,
         )  # fmt: skip
         due = time.time() + wait
-        self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due)
+        self.journal.add_reply(
+            request, accepted_at=item.accepted_at, claim=False, attempts=1, not_before=due, verify=error.in_doubt
+        )
         self._note_retry(due)
         return True
 
@@ -531,7 +533,7 @@ class Pipeline:
                 item.message_id, item.conversation, item.attempts + 1, error.code, wait,
             )  # fmt: skip
             due = time.time() + wait
-            self.journal.retry_reply(item, due)
+            self.journal.retry_reply(item, due, verify=error.in_doubt)
             self._note_retry(due)
             return None
         self.stats.sent(time.time() - item.accepted_at)

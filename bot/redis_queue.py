@@ -206,8 +206,10 @@ class RedisDelivery:
         """
         if request.muid and self._sent_before(request, accepted_at):
             return
-        retries = 0
+        retries, in_doubt = 0, False
         while True:
+            if in_doubt and self._found(request, accepted_at):  # the last attempt may have been carried out
+                return
             self._pace()
             try:
                 perform(self.sender, request, self)  # records the id of a reply others refer to
@@ -216,7 +218,7 @@ class RedisDelivery:
                 if wait is None:
                     self._dead_letter(request, error, retries + 1)
                     return
-                retries += 1
+                retries, in_doubt = retries + 1, in_doubt or error.in_doubt
                 log.warning(
                     "message %s in %s: reply attempt %d failed (%s); retrying in %.2f s",
                     request.message_id, request.conversation_id, retries, error.code, wait,
@@ -241,6 +243,10 @@ class RedisDelivery:
         if not json.loads(before).get("sending"):
             log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
             return True
+        return self._found(request, accepted_at)
+
+    def _found(self, request: SendRequest, accepted_at: float | None) -> bool:
+        """Whether CometChat has the reply already (then it is recorded as sent)."""
         since = time.time() if accepted_at is None else accepted_at
         if not already_delivered(self.sender, request, self, bot_uid=self.bot_uid, since=since):
             return False

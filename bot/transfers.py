@@ -521,6 +521,8 @@ class _Loop:
         self._fail(conn, TransportError(_describe(exc, conn.origin)))
 
     def _fail(self, conn: _Connection, error: TransportError) -> None:
+        if conn.state == _RECEIVING:  # the request went out in full: the server may have carried it out
+            error.in_doubt = True
         exchange = conn.exchange
         conn.exchange = None
         self._close(conn)

@@ -9,7 +9,8 @@
   answered 503 once the gate opens: its client was killed meanwhile, or will
   retry it), unless ``keep_held``: then CometChat took what arrived and only
   its answer waits (the case of a reply sent again after a crash).
-  ``status_for`` answers chosen texts with an error. It lists what it
+  ``status_for`` answers chosen texts with an error, ``answer_lost_for``
+  takes them and answers 504 once. It lists what it
   delivered as CometChat's List Messages does, for the lookup of replies that
   may have gone out before a crash.
 """
@@ -109,6 +110,7 @@ class GatedCometChat:
             self.gate.set()
         self.keep_held = keep_held
         self.status_for: dict[str, tuple[int, str]] = {}  # text -> (status, error code)
+        self.answer_lost_for: set[str] = set()  # texts taken, then answered 504 once (a gateway gave up waiting)
         self.server.expect_request(f"/v3/bots/{BOT_UID}/messages", method="POST").respond_with_handler(self.handle)
         self.server.expect_request("/v3/messages", method="GET").respond_with_handler(self.list_messages)
 
@@ -135,10 +137,15 @@ class GatedCometChat:
             if self.keep_held:
                 return Response(json.dumps({"data": message}), content_type="application/json")
             return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=503, content_type="application/json")
-        if body["data"].get("text", "") in self.status_for:
-            status, code = self.status_for[body["data"]["text"]]
+        text = body["data"].get("text", "")
+        if text in self.status_for:
+            status, code = self.status_for[text]
             return Response(f'{{"error": {{"code": "{code}"}}}}', status=status, content_type="application/json")
-        return Response(json.dumps({"data": self._deliver(body)}), content_type="application/json")
+        message = self._deliver(body)
+        if text in self.answer_lost_for:
+            self.answer_lost_for.discard(text)
+            return Response("<html>504 Gateway Time-out</html>", status=504)
+        return Response(json.dumps({"data": message}), content_type="application/json")
 
     def _deliver(self, body: dict) -> dict:
         """Take a reply: the message CometChat would create and list."""

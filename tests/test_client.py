@@ -656,3 +656,25 @@ def test_local_sender_lists_what_it_delivered_without_showing_the_lookup(capsys)
     found = find_delivered(sender, send_request(), bot_uid=BOT_UID, since=ACCEPTED_AT)
     assert found is not None and found["id"] == sender.message_ids["m-1"]
     assert capsys.readouterr().out == "" and sender.total == 1  # a lookup is not a reply
+
+
+@pytest.mark.parametrize("listed", [True, False], ids=["CometChat has it", "it does not"])
+def test_send_looks_a_reply_up_before_retrying_an_attempt_in_doubt(listed, bot_client, httpserver, sleeps):
+    httpserver.expect_ordered_request(SEND_PATH, method="POST").respond_with_response(Response("late", status=504))
+    messages = [{"id": "601", "muid": "m-1"}] if listed else []
+    httpserver.expect_ordered_request("/v3/messages", method="GET").respond_with_json({"data": messages})
+    httpserver.expect_ordered_request(SEND_PATH, method="POST").respond_with_json({"data": {"id": "602"}})
+
+    result = bot_client.send(send_request())
+
+    assert result == (messages[0] if listed else {"id": "602"})
+    assert [r.method for r, _ in httpserver.log] == (["POST", "GET"] if listed else ["POST", "GET", "POST"])
+    assert len(sleeps) == 1
+
+
+def test_send_retries_a_refused_attempt_without_a_lookup(bot_client, httpserver, api_answer, sleeps):
+    status, _, error = api_answer("rate_limited_429")
+    httpserver.expect_ordered_request(SEND_PATH, method="POST").respond_with_json(error, status=status)
+    httpserver.expect_ordered_request(SEND_PATH, method="POST").respond_with_json({"data": {"id": "603"}})
+    assert bot_client.send(send_request()) == {"id": "603"}
+    assert [r.method for r, _ in httpserver.log] == ["POST", "POST"]

@@ -186,6 +186,16 @@ def test_retry_holds_the_lane_until_due(journal):
     assert (again.request.muid, again.attempts) == ("1-0", 2)
 
 
+def test_a_retry_after_an_attempt_in_doubt_is_looked_up_first_and_stays_so(journal):
+    item = journal.add_reply(reply("1"), accepted_at=0, claim=True)
+    journal.retry_reply(item, time.time() - 1, verify=True)  # timed out after it was sent
+    [again] = journal.claim_replies(5)
+    assert again.verify
+    journal.retry_reply(again, time.time() - 1, verify=False)  # then a 429: the earlier attempt is still in doubt
+    [third] = journal.claim_replies(5)
+    assert (third.attempts, third.verify) == (2, True)
+
+
 def test_dead_letter_reply_keeps_the_request_and_hands_on(journal):
     first = journal.add_reply(reply("1", seq=0), accepted_at=0, claim=True)
     journal.add_reply(reply("1", seq=1), accepted_at=0, claim=False)

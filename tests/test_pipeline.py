@@ -16,7 +16,7 @@ from bot import Router
 from bot.api import SendRequest
 from bot.client import RetryPolicy
 from bot.dispatch import Dispatcher
-from bot.errors import CometChatError, NotFound, RateLimited, ServerError
+from bot.errors import CometChatError, NotFound, RateLimited, ServerError, TransportError
 from bot.journal import Journal
 from bot.message import ReplyRef
 from bot.pipeline import Pipeline, PipelineOptions
@@ -36,6 +36,7 @@ class ScriptedSender:
         self.failures: dict[str, list[Exception]] = defaultdict(list)  # text -> errors to raise, in order
         self.lookups: list[SendRequest] = []  # List Messages calls (bot.client.find_delivered)
         self.lookup_error: Exception | None = None
+        self.answers_lost: set[str] = set()  # texts taken whose answer is lost once (a timeout after sending)
 
     def fail(self, text: str, *errors: Exception) -> None:
         self.failures[text].extend(errors)
@@ -53,6 +54,9 @@ class ScriptedSender:
             if self.failures.get(text):
                 raise self.failures[text].pop(0)
             self.delivered.append(request)
+            if text in self.answers_lost:
+                self.answers_lost.discard(text)
+                raise TransportError("no answer within 10 s (timed out)", in_doubt=True)
         return {"id": str(len(self.delivered))}
 
     def texts(self, conversation: str | None = None) -> list[str]:
@@ -398,6 +402,19 @@ def test_a_message_handled_again_after_a_crash_looks_its_replies_up_first(
     assert lookup.method == "GET" and lookup.path.startswith("/messages?conversationId=alice_user_bot&")
     found = pipeline.metrics.registry.get_sample_value("cometchat_bot_replies_found_delivered_total")
     assert found == (1 if posts == 0 else 0)
+
+
+@pytest.mark.parametrize("taken", [True, False], ids=["taken, answer lost", "refused before sending"])
+def test_a_reply_whose_attempt_may_have_been_carried_out_is_looked_up_before_its_retry(tmp_path, sender, echo, taken):
+    if taken:
+        sender.answers_lost.add("echo hi")
+    else:
+        sender.fail("echo hi", TransportError("connection to api refused"))
+    pipeline = make_pipeline(tmp_path, echo, sender)
+    submit(pipeline, "hi")
+    assert wait_for(lambda: pipeline.journal.depth().outbox == 0 and sender.texts(), 5) and pipeline.wait_idle(5)
+    assert sender.texts() == ["echo hi"]  # once, either way
+    assert len(sender.lookups) == (1 if taken else 0)
 
 
 def test_a_message_handled_the_first_time_looks_nothing_up(tmp_path, sender, echo):

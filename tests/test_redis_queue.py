@@ -431,6 +431,16 @@ def test_a_job_run_again_after_a_kill_mid_send_looks_the_reply_up(settings, fake
     assert found == (1 if cometchat_has_it else 0)
 
 
+def test_a_reply_whose_answer_was_lost_is_looked_up_before_it_is_tried_again(settings, fake, basic_auth):
+    web = app_module.create_app(settings)
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.answer_lost_for.add(forecast("Bergen"))  # CometChat took it; a gateway answered 504
+    post(web, make_callback("/weather Bergen", id="8082", bot=BOT_UID), basic_auth)
+    delivery.work(burst=True)
+    assert fake.texts() == [forecast("Bergen")]
+    assert len(fake.lookups) == 1 and fake.attempts == 1
+
+
 def test_shared_token_bucket(redis_url):
     redis = Redis.from_url(redis_url)
     take = redis.register_script(_TAKE_TOKEN)

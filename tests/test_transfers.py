@@ -334,6 +334,7 @@ def test_a_request_that_dies_unanswered_twice_is_a_transport_error(client):
     assert outcome(client, send_request()) == ({"id": "1"}, None)
     data, error = outcome(client, send_request())
     assert data is None and type(error) is TransportError and "closed the connection" in str(error)
+    assert error.in_doubt  # it had gone out in full: the server may have carried it out
     assert client.in_flight == 0
 
 
@@ -479,14 +480,21 @@ def test_a_404_is_not_found_with_cometchats_code(client, httpserver, api_answer)
 def test_an_error_page_that_is_not_json_is_still_typed(client, httpserver):
     httpserver.expect_request(SEND_PATH).respond_with_response(Response("<html>oops</html>", status=502))
     _, error = outcome(client, send_request())
-    assert type(error) is ServerError and (error.status, error.code) == (502, "HTTP_502")
+    assert type(error) is ServerError and (error.status, error.code, error.in_doubt) == (502, "HTTP_502", False)
+
+
+def test_a_gateway_timeout_leaves_the_request_in_doubt(client, httpserver):
+    """A gateway that stopped waiting says nothing of what CometChat did: the reply is looked up before a retry."""
+    httpserver.expect_request(SEND_PATH).respond_with_response(Response("<html>timeout</html>", status=504))
+    _, error = outcome(client, send_request())
+    assert type(error) is ServerError and (error.status, error.retryable, error.in_doubt) == (504, True, True)
 
 
 def test_connection_refused_is_a_transport_error_and_the_next_request_works(make_client, httpserver):
     client = make_client(base_url=f"http://127.0.0.1:{closed_port()}/v3")
     data, error = outcome(client, send_request())
     assert data is None and type(error) is TransportError
-    assert (error.status, error.code, error.retryable) == (0, "ERR_TRANSPORT", True)
+    assert (error.status, error.code, error.retryable, error.in_doubt) == (0, "ERR_TRANSPORT", True, False)
     assert client.in_flight == 0
 
     client.base_url = httpserver.url_for("/v3")
@@ -508,7 +516,7 @@ def test_a_timeout_is_a_transport_error(make_client, threaded):
         data, error = outcome(client, send_request())  # bounded: answered when the client gives up, not the server
     finally:
         release.set()
-    assert data is None and type(error) is TransportError and error.retryable
+    assert data is None and type(error) is TransportError and error.retryable and error.in_doubt
     assert "within 0.2 s (timed out)" in str(error)
     assert client.in_flight == 0
 
