@@ -78,8 +78,9 @@ def perform(sender: Sender, request: SendRequest, sent_log: SentLog) -> Any:
 def find_delivered(sender: Sender, request: SendRequest, *, bot_uid: str, since: float) -> dict[str, Any] | None:
     """The message CometChat already holds for ``request`` (a reply with the same muid), or None.
 
-    Asked before sending again a reply that may have gone out before its
-    process was killed (``since``: when the callback it answers was
+    Asked before sending again a reply that may have gone out already: its
+    process was killed during the attempt, or the attempt timed out after
+    the request was sent (``since``: when the callback it answers was
     accepted). CometChat is not known to drop a repeated muid (PLATFORM.md,
     "Things a framework must handle" 17), so this is what keeps such a
     reply from appearing twice. Raises the lookup's :class:`CometChatError`:
@@ -96,8 +97,8 @@ def find_delivered(sender: Sender, request: SendRequest, *, bot_uid: str, since:
 
 
 def already_delivered(sender: Sender, request: SendRequest, sent_log: SentLog, *, bot_uid: str, since: float) -> bool:
-    """Whether a reply that a killed process may have sent is in CometChat already (then its id is recorded
-    as :func:`perform` would have). False, to send it, when it is not there or the lookup failed."""
+    """Whether a reply that may have gone out already (:func:`find_delivered`) is in CometChat (then its id is
+    recorded as :func:`perform` would have). False, to send it, when it is not there or the lookup failed."""
     try:
         found = find_delivered(sender, request, bot_uid=bot_uid, since=since)
     except CometChatError as error:
@@ -109,7 +110,7 @@ def already_delivered(sender: Sender, request: SendRequest, sent_log: SentLog, *
     if found is None:
         return False
     log.info(
-        "message %s in %s: reply %s was delivered before its process stopped (CometChat id %s); not sent again",
+        "message %s in %s: reply %s is in CometChat already (id %s), from an earlier attempt; not sent again",
         request.message_id, request.conversation_id, request.muid, found.get("id"),
     )  # fmt: skip
     remember_sent(request, found, sent_log)

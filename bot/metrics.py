@@ -56,7 +56,7 @@ class Metrics:
         )
         self.found_delivered_total = Counter(
             f"{PREFIX}_replies_found_delivered",
-            "Replies not sent again after a crash: CometChat already had them (looked up by muid)", registry=r,
+            "Replies not sent again: CometChat had them from an attempt cut off by a crash or a timeout", registry=r,
         )  # fmt: skip
         self.delivery_seconds = Histogram(
             f"{PREFIX}_delivery_seconds", "From callback accepted to reply accepted by CometChat", registry=r,

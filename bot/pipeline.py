@@ -541,7 +541,7 @@ class Pipeline:
         return self.journal.finish_reply(item)
 
     def _delivered_before(self, item: OutboxItem) -> bool:
-        """Whether CometChat already has this reply (posted by a process that died before it could record it)."""
+        """Whether CometChat already has this reply (an earlier attempt, cut off by a crash or a timeout)."""
         found = already_delivered(self.sender, item.request, self.journal, bot_uid=self.bot_uid, since=item.accepted_at)
         if found:
             self.metrics.found_delivered()
