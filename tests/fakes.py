@@ -103,6 +103,7 @@ class GatedCometChat:
         self.delivered: list[dict] = []  # the bodies of the replies taken
         self.messages: list[dict] = []  # the messages they created
         self.attempts = 0
+        self.held = 0  # with keep_held: replies taken while the gate was closed
         self.lookups: list[dict[str, str]] = []  # the query of each List Messages call
         self.arrived = threading.Event()  # set by the first request
         self.gate = threading.Event()
@@ -132,6 +133,8 @@ class GatedCometChat:
         arrived_open = self.gate.is_set()
         if not arrived_open and self.keep_held:
             message = self._deliver(body)
+            with self.lock:
+                self.held += 1
         self.gate.wait(30)
         if not arrived_open:
             if self.keep_held:

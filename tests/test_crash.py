@@ -105,33 +105,39 @@ def conversation_messages(n_users: int, per_user: int) -> list[tuple[str, dict, 
     return out
 
 
-def test_kill_9_loses_nothing_and_keeps_each_conversations_order(fake, env, tmp_path):
-    """Every accepted message is answered after a kill -9 of master and workers and a restart, in order.
-
-    (The gated fake refuses what was in flight when the processes died, so the replies it counts once are
-    those sent after the restart: a reply CometChat accepted just before the kill may go out twice, with the
-    same muid; benchmarks/crash.py counts those.)
-    """
-    messages = conversation_messages(n_users=4, per_user=5)
-    log = tmp_path / "gunicorn.log"
+def kill_9_mid_delivery_then_restart(fake: GatedCometChat, env: dict[str, str], log: Path, messages: list) -> list[str]:
+    """Post ``messages``, kill master and workers with replies held at the fake's gate, open it, start gunicorn
+    again on the same journal: the texts the fake took, once every message has its reply."""
     first = Gunicorn(env, log)
     try:
         assert [first.post(body) for _, body, _ in messages] == [200] * len(messages)
         assert wait_for(lambda: fake.attempts >= 4, 20), "replies should be in flight when the processes die"
     finally:
         first.kill_all()  # master and both workers, mid-delivery
-
     fake.gate.set()
     second = Gunicorn(env, log)
     try:
         assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), log.read_text()[-3000:]
     finally:
         second.terminate()
-    texts = fake.texts()
-    assert sorted(texts) == sorted(expected for _, _, expected in messages)  # every one
-    for u in range(4):  # and each conversation in its order
-        mine = [t for t in texts if f"City{u}x" in t]
-        assert mine == [expected for user, _, expected in messages if user == f"user{u}"]
+    return fake.texts()
+
+
+def assert_each_reply_once_in_order(texts: list[str], messages: list, users: int) -> None:
+    assert sorted(texts) == sorted(expected for _, _, expected in messages)  # every one, once
+    for u in range(users):  # and each conversation in its order
+        assert [t for t in texts if f"City{u}x" in t] == [e for user, _, e in messages if user == f"user{u}"]
+
+
+def test_kill_9_loses_nothing_and_keeps_each_conversations_order(fake, env, tmp_path):
+    """Every accepted message is answered after a kill -9 of master and workers and a restart, in order.
+
+    (The gated fake refuses what was in flight when the processes died, so the replies it counts are those
+    sent after the restart; in the next test it takes them.)
+    """
+    messages = conversation_messages(n_users=4, per_user=5)
+    log = tmp_path / "gunicorn.log"
+    assert_each_reply_once_in_order(kill_9_mid_delivery_then_restart(fake, env, log, messages), messages, 4)
     assert "recovered" in log.read_text()
 
 
@@ -142,25 +148,9 @@ def test_a_reply_cometchat_took_before_a_kill_9_is_not_sent_again(env, tmp_path)
         env = {**env, "COMETCHAT_API_URL": fake.server.url_for("/v3")}
         messages = conversation_messages(n_users=4, per_user=3)
         log = tmp_path / "gunicorn.log"
-        first = Gunicorn(env, log)
-        try:
-            assert [first.post(body) for _, body, _ in messages] == [200] * len(messages)
-            assert wait_for(lambda: fake.attempts >= 4, 20), "replies should be in flight when the processes die"
-        finally:
-            first.kill_all()
-        taken = len(fake.texts())
-
-        fake.gate.set()
-        second = Gunicorn(env, log)
-        try:
-            assert wait_for(lambda: len(fake.texts()) >= len(messages), 60), log.read_text()[-3000:]
-        finally:
-            second.terminate()
-        texts = fake.texts()
-        assert sorted(texts) == sorted(expected for _, _, expected in messages)  # each one, once
-        for u in range(4):
-            assert [t for t in texts if f"City{u}x" in t] == [e for user, _, e in messages if user == f"user{u}"]
-        assert taken >= 4 and log.read_text().count("not sent again") == taken
+        texts = kill_9_mid_delivery_then_restart(fake, env, log, messages)
+        assert_each_reply_once_in_order(texts, messages, 4)
+        assert fake.held >= 4 and log.read_text().count("not sent again") == fake.held
         looked_up = {lookup["conversationId"] for lookup in fake.lookups}
         assert looked_up and looked_up <= {f"{BOT_UID}_user_user{u}" for u in range(4)}
 
