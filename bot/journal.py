@@ -5,7 +5,8 @@ app on a host. Its tables:
 
 * ``inbox``: accepted callbacks not yet handled (one row per message);
 * ``outbox``: replies not yet delivered (one row per CometChat request),
-  ``verify`` set on those a process that died may have sent already;
+  ``verify`` set on those that may have been sent already (by a process
+  that died, or by an attempt that timed out after sending);
 * ``seen``: the ids of handled messages and the muids of queued replies
   within the dedup window, so a redelivered callback is not handled twice
   and a re-run handler does not send a reply twice (a message still in the
@@ -96,7 +97,7 @@ CREATE TABLE IF NOT EXISTS outbox (
     attempts     INTEGER NOT NULL DEFAULT 0,  -- failed attempts so far
     not_before   REAL    NOT NULL DEFAULT 0,  -- retry time after a failure
     accepted_at  REAL    NOT NULL,            -- when the callback it answers was accepted
-    verify       INTEGER NOT NULL DEFAULT 0   -- 1: it may have been sent by a process that died: look it up first
+    verify       INTEGER NOT NULL DEFAULT 0   -- 1: it may have been sent already: look it up first
 );
 CREATE INDEX IF NOT EXISTS outbox_lane ON outbox (conversation, seq);
 
@@ -196,8 +197,8 @@ class OutboxItem:
     request: SendRequest
     attempts: int  # failed attempts so far
     accepted_at: float
-    # A process that died may have sent it (it held the row, or it ran the message's handler before): CometChat
-    # is asked for its muid before it is sent (bot.client.find_delivered).
+    # It may have been sent already (a process that died held the row or ran the message's handler before, or
+    # an attempt timed out after sending): CometChat is asked for its muid first (bot.client.find_delivered).
     verify: bool = False
 
 
@@ -319,9 +320,10 @@ def _start_time(pid: int) -> str:
         return "0"
 
 
+#: What claiming a reply reads of its row, in the order :meth:`Journal._outbox_item` takes it.
+_OUTBOX_COLUMNS = "seq, conversation, message_id, path, body, meta, attempts, accepted_at, verify"
 #: What claiming or handing on a message reads of its row, in the order :func:`_inbox_item` takes it
 #: (the last: whether replies of its conversation wait in the outbox).
-_OUTBOX_COLUMNS = "seq, conversation, message_id, path, body, meta, attempts, accepted_at, verify"
 _INBOX_COLUMNS = (
     "seq, conversation, message_id, body, attempts, accepted_at,"
     " EXISTS (SELECT 1 FROM outbox WHERE outbox.conversation = inbox.conversation)"
@@ -586,7 +588,8 @@ class Journal:
         With ``claim``, the reply is claimed for this process at once when its
         lane is free (and the rate limit allows), and returned. ``attempts`` and
         ``not_before`` queue a reply whose first attempt (made inline) failed;
-        ``verify`` one that an earlier run of the handler may have sent.
+        ``verify`` one that may have been sent already (by an earlier run of
+        the handler, or by an attempt in doubt).
         """
         now = time.time()
         claim = claim and not_before <= now

@@ -10,9 +10,8 @@
   retry it), unless ``keep_held``: then CometChat took what arrived and only
   its answer waits (the case of a reply sent again after a crash).
   ``status_for`` answers chosen texts with an error, ``answer_lost_for``
-  takes them and answers 504 once. It lists what it
-  delivered as CometChat's List Messages does, for the lookup of replies that
-  may have gone out before a crash.
+  takes them and answers 504 once. It lists what it took as CometChat's List
+  Messages does, for the lookup of replies that may have gone out already.
 """
 
 from __future__ import annotations
