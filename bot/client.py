@@ -96,17 +96,23 @@ def find_delivered(sender: Sender, request: SendRequest, *, bot_uid: str, since:
     return None
 
 
-def already_delivered(sender: Sender, request: SendRequest, sent_log: SentLog, *, bot_uid: str, since: float) -> bool:
-    """Whether a reply that may have gone out already (:func:`find_delivered`) is in CometChat (then its id is
-    recorded as :func:`perform` would have). False, to send it, when it is not there or the lookup failed."""
+def found_or_none(sender: Sender, request: SendRequest, *, bot_uid: str, since: float) -> dict[str, Any] | None:
+    """:func:`find_delivered`, with a failed lookup logged and taken for "not there" (the reply is then sent:
+    twice rather than never)."""
     try:
-        found = find_delivered(sender, request, bot_uid=bot_uid, since=since)
+        return find_delivered(sender, request, bot_uid=bot_uid, since=since)
     except CometChatError as error:
         log.warning(
             "message %s in %s: could not look up whether reply %s was delivered before (%s); sending it",
             request.message_id, request.conversation_id, request.muid, error,
         )  # fmt: skip
-        return False
+        return None
+
+
+def already_delivered(sender: Sender, request: SendRequest, sent_log: SentLog, *, bot_uid: str, since: float) -> bool:
+    """Whether a reply that may have gone out already (:func:`find_delivered`) is in CometChat (then its id is
+    recorded as :func:`perform` would have). False, to send it, when it is not there or the lookup failed."""
+    found = found_or_none(sender, request, bot_uid=bot_uid, since=since)
     if found is None:
         return False
     log.info(
@@ -219,7 +225,8 @@ class CometChatClient:
         retries, started, in_doubt = 0, time.time(), False
         while True:
             try:
-                found = self._find(request, started) if in_doubt else None
+                doubt = in_doubt and self.bot_uid  # (without the bot's uid its conversation is not known)
+                found = found_or_none(self, request, bot_uid=self.bot_uid, since=started) if doubt else None
                 return found if found is not None else self.attempt(request)
             except CometChatError as error:
                 wait = self.retry.delay(retries, error)
@@ -234,16 +241,6 @@ class CometChatClient:
                     extra={"message_id": request.message_id, "conversation": request.conversation_id},
                 )
                 self._sleep(wait)
-
-    def _find(self, request: SendRequest, since: float) -> dict[str, Any] | None:
-        """The reply in CometChat already, or None (also when the lookup failed: then it is sent again)."""
-        if not self.bot_uid:
-            return None
-        try:
-            return find_delivered(self, request, bot_uid=self.bot_uid, since=since)
-        except CometChatError as error:
-            log.warning("could not look up whether reply %s was delivered (%s); sending it", request.muid, error)
-            return None
 
     def attempt(self, request: SendRequest) -> Any:
         """One try at a request (the pipeline schedules retries itself, without blocking a thread)."""
