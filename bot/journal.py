@@ -118,7 +118,9 @@ CREATE TABLE IF NOT EXISTS dead_letters (
     error_code   TEXT    NOT NULL,
     error        TEXT    NOT NULL,
     attempts     INTEGER NOT NULL,
-    failed_at    REAL    NOT NULL
+    failed_at    REAL    NOT NULL,
+    accepted_at  REAL,              -- a reply's: when the callback it answers was accepted (NULL in older journals)
+    verify       INTEGER NOT NULL DEFAULT 0  -- 1: an attempt may have been carried out: looked up if sent again
 );
 
 CREATE TABLE IF NOT EXISTS sent (
@@ -272,6 +274,8 @@ def _migrate(con: sqlite3.Connection) -> None:
         ("inbox", "dedup_key", "TEXT"),
         ("inbox", "dedup_until", "REAL"),
         ("outbox", "verify", "INTEGER NOT NULL DEFAULT 0"),
+        ("dead_letters", "accepted_at", "REAL"),
+        ("dead_letters", "verify", "INTEGER NOT NULL DEFAULT 0"),
     ):
         columns = {row[1] for row in con.execute(f"PRAGMA table_info({table})")}
         if columns and column not in columns:
@@ -647,23 +651,40 @@ class Journal:
                 (not_before, verify, item.seq),
             )
 
-    def dead_letter_reply(self, item: OutboxItem, code: str, error: str) -> OutboxItem | None:
-        """Move a reply that finally failed to the dead letters; claims the lane's next reply."""
+    def dead_letter_reply(
+        self, item: OutboxItem, code: str, error: str, *, in_doubt: bool = False
+    ) -> OutboxItem | None:
+        """Move a reply that finally failed to the dead letters; claims the lane's next reply.
+
+        ``in_doubt``: the last attempt may have been carried out (an earlier one may have been too, ``item.verify``).
+        """
         with self._write() as con:
-            self._insert_dead_reply(con, item.request, code, error, item.attempts + 1)
+            self._insert_dead_reply(
+                con, item.request, code, error, item.attempts + 1, item.accepted_at, item.verify or in_doubt
+            )
             con.execute("DELETE FROM outbox WHERE seq = ?", (item.seq,))
             return self._claim_next_reply(con, item.conversation)
 
-    def dead_letter_request(self, request: SendRequest, code: str, error: str, attempts: int = 1) -> None:
+    def dead_letter_request(
+        self, request: SendRequest, code: str, error: str, *, accepted_at: float, in_doubt: bool = False
+    ) -> None:
         """Keep a reply that failed for good on its first (inline) attempt, which never was in the outbox."""
         with self._write() as con:
-            self._insert_dead_reply(con, request, code, error, attempts)
+            self._insert_dead_reply(con, request, code, error, 1, accepted_at, in_doubt)
 
     @staticmethod
-    def _insert_dead_reply(con: sqlite3.Connection, request: SendRequest, code: str, error: str, attempts: int) -> None:
+    def _insert_dead_reply(
+        con: sqlite3.Connection,
+        request: SendRequest,
+        code: str,
+        error: str,
+        attempts: int,
+        accepted_at: float,
+        verify: bool,
+    ) -> None:
         con.execute(
             "INSERT INTO dead_letters (kind, conversation, message_id, path, body, meta, error_code, error, attempts,"
-            " failed_at) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            " failed_at, accepted_at, verify) VALUES ('reply', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             (
                 request.conversation_id,
                 request.message_id,
@@ -674,6 +695,8 @@ class Journal:
                 error,
                 attempts,
                 time.time(),
+                accepted_at,
+                verify,
             ),
         )
 
@@ -869,18 +892,23 @@ class Journal:
         return [dict(row) for row in rows]
 
     def requeue_dead_letter(self, letter_id: int) -> bool:
-        """Put a dead reply back in the outbox (after fixing its cause); True if it existed."""
+        """Put a dead reply back in the outbox (after fixing its cause); True if it existed.
+
+        It keeps the time its callback was accepted, and is looked up in CometChat before it is sent when one
+        of its attempts may have been carried out (or when that is not known: a letter from an older journal,
+        which kept neither; it is looked up from the time it failed).
+        """
         with self._write() as con:
             row = con.execute(
-                "DELETE FROM dead_letters WHERE id = ? AND kind = 'reply' "
-                "RETURNING conversation, message_id, path, body, meta, failed_at",
+                "DELETE FROM dead_letters WHERE id = ? AND kind = 'reply' RETURNING conversation, message_id, path,"
+                " body, meta, coalesce(accepted_at, failed_at), verify OR accepted_at IS NULL",
                 (letter_id,),
             ).fetchone()
             if row is None:
                 return False
             con.execute(
-                "INSERT INTO outbox (conversation, message_id, path, body, meta, accepted_at)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO outbox (conversation, message_id, path, body, meta, accepted_at, verify)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?)",
                 row,
             )
         return True

@@ -375,7 +375,9 @@ class Pipeline:
                 "message %s in %s: reply %s failed for good: %s; kept as a dead letter",
                 item.message_id, item.conversation, request.muid, error,
             )  # fmt: skip
-            self.journal.dead_letter_request(request, error.code, str(error))
+            self.journal.dead_letter_request(
+                request, error.code, str(error), accepted_at=item.accepted_at, in_doubt=error.in_doubt
+            )
             return False
         self.stats.count("retry")
         log.warning(
@@ -526,7 +528,7 @@ class Pipeline:
                     "message %s in %s: reply %s failed for good after %d attempts: %s; kept as a dead letter",
                     item.message_id, item.conversation, item.request.muid, item.attempts + 1, error,
                 )  # fmt: skip
-                return self.journal.dead_letter_reply(item, error.code, str(error))
+                return self.journal.dead_letter_reply(item, error.code, str(error), in_doubt=error.in_doubt)
             self.stats.count("retry")
             log.warning(
                 "message %s in %s: reply attempt %d failed (%s); retrying in %.2f s",

@@ -199,12 +199,13 @@ class RedisDelivery:
         self.metrics.handled(outcome)
         return outcome.status
 
-    def deliver(self, request: SendRequest, accepted_at: float | None = None) -> None:
+    def deliver(self, request: SendRequest, accepted_at: float | None = None, *, verify: bool = False) -> None:
         """Send a reply now (retrying in place), unless an earlier run of this job already sent it.
 
-        ``accepted_at``: when the callback it answers was accepted, for the delivery latency metric.
+        ``accepted_at``: when the callback it answers was accepted (the lookups start there; the delivery
+        latency metric). ``verify``: it may have been sent already (a dead letter sent again): look it up first.
         """
-        if request.muid and self._sent_before(request, accepted_at):
+        if request.muid and self._sent_before(request, accepted_at, verify=verify):
             return
         retries, in_doubt = 0, False
         while True:
@@ -216,7 +217,7 @@ class RedisDelivery:
             except CometChatError as error:
                 wait = self.retry.delay(retries, error)
                 if wait is None:
-                    self._dead_letter(request, error, retries + 1)
+                    self._dead_letter(request, error, retries + 1, accepted_at, in_doubt or error.in_doubt)
                     return
                 retries, in_doubt = retries + 1, in_doubt or error.in_doubt
                 log.warning(
@@ -230,17 +231,18 @@ class RedisDelivery:
                 self.metrics.delivered(accepted_at)
             return
 
-    def _sent_before(self, request: SendRequest, accepted_at: float | None) -> bool:
+    def _sent_before(self, request: SendRequest, accepted_at: float | None, *, verify: bool = False) -> bool:
         """Whether an earlier run of this job sent the reply: it recorded so, or CometChat has it (that run's
-        worker was killed after the POST went out, before the answer was recorded). Marks it as being sent."""
+        worker was killed after the POST went out, before the answer was recorded; or, with ``verify``, an
+        attempt of it may have been carried out before the mark expired). Marks it as being sent."""
         key = f"{PREFIX}:sent:{request.muid}"
         with self.redis.pipeline(transaction=False) as both:  # one round trip
             both.get(key)
             both.set(key, SENDING, nx=True, ex=self.dedup_ttl)
             before, _ = both.execute()
-        if before is None:
+        if before is None and not verify:
             return False  # the first try
-        if not json.loads(before).get("sending"):
+        if before is not None and not json.loads(before).get("sending"):
             log.info("message %s: reply %s was sent by an earlier run; skipped", request.message_id, request.muid)
             return True
         return self._found(request, accepted_at)
@@ -285,7 +287,9 @@ class RedisDelivery:
                 return
             time.sleep(wait)
 
-    def _dead_letter(self, request: SendRequest, error: CometChatError, attempts: int) -> None:
+    def _dead_letter(
+        self, request: SendRequest, error: CometChatError, attempts: int, accepted_at: float | None, in_doubt: bool
+    ) -> None:
         log.error(
             "message %s in %s: reply %s failed for good after %d attempts: %s; kept as a dead letter",
             request.message_id, request.conversation_id, request.muid, attempts, error,
@@ -302,6 +306,8 @@ class RedisDelivery:
             "error": str(error),
             "attempts": attempts,
             "failed_at": time.time(),
+            "accepted_at": accepted_at,  # when the callback it answers was accepted
+            "in_doubt": in_doubt,  # an attempt may have been carried out: looked up if sent again
         }
         self.redis.lpush(f"{PREFIX}:dead-letters", json.dumps(letter, ensure_ascii=False))
 
@@ -341,9 +347,12 @@ class RedisDelivery:
                     )  # fmt: skip
                     pipe.multi()
                     pipe.lrem(key, 1, raw)
+                    # A letter written before accepted_at and in_doubt were kept: looked up, from its failure on.
+                    since, verify = letter.get("accepted_at") or letter["failed_at"], letter.get("in_doubt", True)
                     self.queue.enqueue_call(
-                        send_again, args=(request.to_json(),), timeout=JOB_TIMEOUT, result_ttl=CHAIN_TTL, pipeline=pipe
-                    )
+                        send_again, args=(request.to_json(), since, verify), timeout=JOB_TIMEOUT,
+                        result_ttl=CHAIN_TTL, pipeline=pipe,
+                    )  # fmt: skip
                     pipe.execute()
                     return True
                 except WatchError:
@@ -632,10 +641,11 @@ def process_message(body: bytes, accepted_at: float | None = None) -> str:
     return _worker_delivery().process(body, accepted_at)
 
 
-def send_again(request: str) -> str:
-    """The RQ job of a dead letter sent again: one request, retried as any reply (a dead letter again if it fails)."""
+def send_again(request: str, accepted_at: float | None = None, verify: bool = True) -> str:
+    """The RQ job of a dead letter sent again: one request, retried as any reply (a dead letter again if it fails);
+    looked up in CometChat first with ``verify`` (a job enqueued before that argument existed: always)."""
     sent = SendRequest.from_json(request)
-    _worker_delivery().deliver(sent)
+    _worker_delivery().deliver(sent, accepted_at, verify=verify)
     return sent.describe()
 
 

@@ -208,14 +208,40 @@ def test_dead_letter_reply_keeps_the_request_and_hands_on(journal):
 
 
 def test_requeue_dead_letter(journal):
-    first = journal.add_reply(reply("1"), accepted_at=0, claim=True)
+    first = journal.add_reply(reply("1"), accepted_at=100.0, claim=True)
     journal.dead_letter_reply(first, "ERR_NOT_A_MEMBER", "Forbidden")
     [letter] = journal.dead_letters()
     assert journal.requeue_dead_letter(letter["id"]) is True
     assert journal.requeue_dead_letter(letter["id"]) is False
     [item] = journal.claim_replies(5)
     assert item.request.muid == "1-0"
+    assert (item.accepted_at, item.verify) == (100.0, False)  # its callback's time; a 403 was not carried out
     assert journal.dead_letters() == []
+
+
+@pytest.mark.parametrize(
+    ("earlier_in_doubt", "last_in_doubt", "verify"),
+    [(False, False, False), (True, False, True), (False, True, True)],
+    ids=["never in doubt", "an earlier attempt in doubt", "the last attempt in doubt"],
+)
+def test_a_requeued_dead_letter_is_looked_up_if_an_attempt_may_have_been_carried_out(
+    journal, earlier_in_doubt, last_in_doubt, verify
+):
+    journal.add_reply(reply("1"), accepted_at=100.0, claim=False, verify=earlier_in_doubt)
+    [item] = journal.claim_replies(5)
+    journal.dead_letter_reply(item, "ERR_TRANSPORT", "no answer within 10 s", in_doubt=last_in_doubt)
+    [letter] = journal.dead_letters()
+    assert (letter["accepted_at"], letter["verify"]) == (100.0, verify)
+    journal.requeue_dead_letter(letter["id"])
+    [again] = journal.claim_replies(5)
+    assert (again.accepted_at, again.verify) == (100.0, verify)
+
+
+@pytest.mark.parametrize("in_doubt", [False, True])
+def test_a_reply_dead_on_its_inline_attempt_keeps_its_callback_time_and_doubt(journal, in_doubt):
+    journal.dead_letter_request(reply("1"), "ERR_TRANSPORT", "reset", accepted_at=100.0, in_doubt=in_doubt)
+    [letter] = journal.dead_letters()
+    assert (letter["attempts"], letter["accepted_at"], letter["verify"]) == (1, 100.0, in_doubt)
 
 
 # ------------------------------------------------------------------ recovery
@@ -452,6 +478,21 @@ def test_a_journal_whose_outbox_has_no_verify_column_gets_it(tmp_path):
     [waiting] = journal.claim_replies(5)
     assert (waiting.request.muid, waiting.verify) == ("old-0", False)
     assert journal.add_reply(reply("new", conversation="c2"), accepted_at=0, claim=True, verify=True).verify
+
+
+def test_a_dead_letter_of_an_older_journal_is_looked_up_from_its_failure_when_requeued(tmp_path):
+    path = tmp_path / "j.sqlite3"
+    Journal(path).dead_letter_request(reply("old"), "ERR_TRANSPORT", "reset", accepted_at=0)
+    with sqlite3.connect(path) as con:  # as the earlier version left it: it kept neither
+        con.execute("ALTER TABLE dead_letters DROP COLUMN accepted_at")
+        con.execute("ALTER TABLE dead_letters DROP COLUMN verify")
+        [(failed_at,)] = con.execute("SELECT failed_at FROM dead_letters")
+    journal = Journal(path)
+    [letter] = journal.dead_letters()
+    assert (letter["accepted_at"], letter["verify"]) == (None, 0)
+    assert journal.requeue_dead_letter(letter["id"])
+    [again] = journal.claim_replies(5)
+    assert (again.request.muid, again.accepted_at, again.verify) == ("old-0", failed_at, True)  # not known: looked up
 
 
 def test_the_wal_starts_over_while_writes_go_on(tmp_path, monkeypatch):

@@ -417,6 +417,28 @@ def test_a_reply_whose_attempt_may_have_been_carried_out_is_looked_up_before_its
     assert len(sender.lookups) == (1 if taken else 0)
 
 
+@pytest.mark.parametrize("taken", [True, False], ids=["taken, answer lost", "refused"])
+def test_a_dead_letter_sent_again_is_looked_up_if_an_attempt_may_have_been_carried_out(tmp_path, sender, echo, taken):
+    down = ServerError("down", status=500, code="ERR_MISSION_FAILED")
+    sender.fail("echo hi", down, down)
+    if taken:  # the third and last attempt: CometChat took it, and its answer was lost
+        sender.answers_lost.add("echo hi")
+    else:
+        sender.fail("echo hi", down)
+    pipeline = make_pipeline(tmp_path, echo, sender, max_retries=2)
+    submit(pipeline, "hi")
+    assert wait_for(lambda: pipeline.journal.depth().dead_letters == 1, 5) and pipeline.wait_idle(5)
+    assert len(sender.delivered) == (1 if taken else 0) and sender.lookups == []
+
+    [letter] = pipeline.dead_letters()
+    assert pipeline.requeue_dead_letter(str(letter["id"]))
+    pipeline._wake.set()  # as the claimer's next poll would (the CLI that requeues is another process)
+    assert wait_for(lambda: pipeline.journal.depth().outbox == 0, 5) and pipeline.wait_idle(5)
+    assert sender.texts() == ["echo hi"]  # once, either way
+    assert len(sender.lookups) == (1 if taken else 0)
+    assert pipeline.journal.dead_letters() == []
+
+
 def test_a_message_handled_the_first_time_looks_nothing_up(tmp_path, sender, echo):
     pipeline = make_pipeline(tmp_path, echo, sender)
     submit(pipeline, "first time")

@@ -441,6 +441,29 @@ def test_a_reply_whose_answer_was_lost_is_looked_up_before_it_is_tried_again(set
     assert len(fake.lookups) == 1 and fake.attempts == 1
 
 
+@pytest.mark.parametrize("mark_expired", [False, True], ids=["within the dedup window", "after it"])
+def test_a_dead_letter_sent_again_is_looked_up_if_its_attempt_may_have_been_carried_out(
+    settings, fake, basic_auth, mark_expired
+):
+    web = app_module.create_app({**settings, "COMETCHAT_MAX_RETRIES": "0"})
+    delivery: RedisDelivery = bot_app(web).delivery
+    fake.answer_lost_for.add(forecast("Bergen"))  # CometChat took it; a gateway answered 504: no retry left
+    accepted = time.time()
+    post(web, make_callback("/weather Bergen", id="8083", bot=BOT_UID), basic_auth)
+    delivery.work(burst=True)
+    [letter] = delivery.dead_letters()
+    assert (letter["error_code"], letter["in_doubt"]) == ("HTTP_504", True)
+    assert accepted <= letter["accepted_at"] <= letter["failed_at"]
+    if mark_expired:  # the reply's "sending" mark outlives the dedup window only
+        delivery.redis.delete(f"{PREFIX}:sent:{fake.delivered[0]['muid']}")
+
+    assert delivery.requeue_dead_letter(letter["id"])
+    delivery.work(burst=True)
+    assert fake.texts() == [forecast("Bergen")] and fake.attempts == 1  # not sent again
+    [lookup] = fake.lookups
+    assert int(lookup["fromTimestamp"]) == int(letter["accepted_at"]) - 60  # from its callback, not from now
+
+
 def test_shared_token_bucket(redis_url):
     redis = Redis.from_url(redis_url)
     take = redis.register_script(_TAKE_TOKEN)
