@@ -4,7 +4,7 @@ One :class:`Metrics` per app, on a registry of its own (no global state for
 tests to reset). Counters and histograms are updated where things happen:
 the blueprint (callbacks by outcome), the dispatcher's outcomes (handler
 time), :class:`MeteredSender` (each attempt to post a reply: time, errors by
-CometChat code) and the delivery (callback accepted -> reply accepted). Queue
+CometChat code; the lookups of replies in doubt apart) and the delivery (callback accepted -> reply accepted). Queue
 depth and dead letters are read from the journal (or Redis) when scraped, so
 they are right whichever process answers the scrape.
 
@@ -54,6 +54,14 @@ class Metrics:
         self.send_errors = Counter(
             f"{PREFIX}_send_errors", "Failed attempts to post a reply, by CometChat error code", ["code"], registry=r
         )
+        self.lookup_seconds = Histogram(
+            f"{PREFIX}_lookup_seconds", "One lookup of a reply in doubt in CometChat (List Messages)", registry=r,
+            buckets=LATENCY_BUCKETS,
+        )  # fmt: skip
+        self.lookup_errors = Counter(
+            f"{PREFIX}_lookup_errors", "Failed lookups of replies in doubt, by CometChat error code", ["code"],
+            registry=r,
+        )  # fmt: skip
         self.found_delivered_total = Counter(
             f"{PREFIX}_replies_found_delivered",
             "Replies not sent again: CometChat had them from an attempt cut off by a crash or a timeout", registry=r,
@@ -67,6 +75,7 @@ class Metrics:
         self._interactions = _Children(self.interactions)
         self._handler_seconds = _Children(self.handler_seconds)
         self._send_errors = _Children(self.send_errors)
+        self._lookup_errors = _Children(self.lookup_errors)
 
     def callback(self, outcome: str) -> None:
         """Count a callback answered with ``outcome`` (accepted, duplicate, ignored, rejected_<status>)."""
@@ -82,6 +91,10 @@ class Metrics:
     def send_failed(self, code: str) -> None:
         """Count a failed attempt to post a reply, by CometChat's error code."""
         self._send_errors[code].inc()
+
+    def lookup_failed(self, code: str) -> None:
+        """Count a failed lookup of a reply in doubt, by CometChat's error code."""
+        self._lookup_errors[code].inc()
 
     def found_delivered(self) -> None:
         self.found_delivered_total.inc()
@@ -131,7 +144,11 @@ class _WithDepth(Collector):
 
 
 class MeteredSender:
-    """A sender that times each attempt and counts failures by CometChat's error code."""
+    """A sender that times each attempt and counts failures by CometChat's error code.
+
+    A GET is a lookup of a reply in doubt (bot.client.find_delivered; the delivery reads nothing else through
+    its sender): it has metrics of its own, so that the send metrics count what was posted.
+    """
 
     def __init__(self, sender: Any, metrics: Metrics) -> None:
         self.sender, self.metrics = sender, metrics
@@ -142,22 +159,31 @@ class MeteredSender:
         started = time.perf_counter()
 
         def timed(data: Any, error: CometChatError | None) -> None:
-            self.metrics.send_seconds.observe(time.perf_counter() - started)
-            if error is not None:
-                self.metrics.send_failed(error.code)
+            self._observe(request, time.perf_counter() - started, error)
             done(data, error)
 
         self.sender.start(request, timed)
 
     def attempt(self, request: SendRequest) -> dict[str, Any]:
-        started = time.perf_counter()
+        started, failure = time.perf_counter(), None
         try:
             return self.sender.attempt(request)
         except CometChatError as error:
-            self.metrics.send_failed(error.code)
+            failure = error
             raise
         finally:
-            self.metrics.send_seconds.observe(time.perf_counter() - started)
+            self._observe(request, time.perf_counter() - started, failure)
+
+    def _observe(self, request: SendRequest, seconds: float, error: CometChatError | None) -> None:
+        m = self.metrics
+        if request.method == "GET":
+            m.lookup_seconds.observe(seconds)
+            if error is not None:
+                m.lookup_failed(error.code)
+            return
+        m.send_seconds.observe(seconds)
+        if error is not None:
+            m.send_failed(error.code)
 
     def __getattr__(self, name: str) -> Any:  # the wrapped sender's extras (LocalSender.sent, close, ...)
         return getattr(self.sender, name)

@@ -1,10 +1,12 @@
-"""/metrics: callbacks by outcome, handler and send times, send errors by CometChat code, queue depth."""
+"""/metrics: callbacks by outcome, handler and send times, send errors by CometChat code, lookups, queue depth."""
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from werkzeug import Request, Response
 
 from bot.factory import bot_app
 from tests.conftest import BOT_UID
@@ -64,3 +66,37 @@ def test_a_body_refused_while_reading_is_counted_as_a_rejection(live_app, payloa
     assert post(live_app, callback, basic_auth).status_code == 413
     m = scrape(live_app)
     assert m[("cometchat_bot_callbacks_total", (("outcome", "rejected_413"),))] == 1
+
+
+@pytest.mark.parametrize("lookup_fails", [False, True], ids=["found", "lookup failed"])
+def test_lookups_of_replies_in_doubt_are_counted_apart_from_sends(
+    live_app, httpserver, payload, basic_auth, lookup_fails
+):
+    taken: list[dict] = []
+
+    def answer_lost(request: Request) -> Response:  # CometChat took the reply; a gateway answered 504
+        taken.append(request.get_json())
+        return Response("<html>504 Gateway Time-out</html>", status=504)
+
+    def list_messages(request: Request) -> Response:
+        if lookup_fails:
+            return Response('{"error": {"code": "ERR_MISSION_FAILED"}}', status=500, content_type="application/json")
+        return Response(json.dumps({"data": [{**body, "id": "1"} for body in taken]}), content_type="application/json")
+
+    messages = f"/v3/bots/{BOT_UID}/messages"
+    httpserver.expect_oneshot_request(messages, method="POST").respond_with_handler(answer_lost)
+    httpserver.expect_request(messages, method="POST").respond_with_json({"data": {"id": "2"}})  # sent again
+    httpserver.expect_request("/v3/messages", method="GET").respond_with_handler(list_messages)
+    callback = payload("text_user")
+    callback["data"]["data"]["text"] = "hello"  # one reply
+    assert post(live_app, callback, basic_auth).status_code == 200
+    assert bot_app(live_app).wait_idle(10)
+
+    m = scrape(live_app)
+    posts = 2 if lookup_fails else 1  # not found out: sent again
+    assert m[("cometchat_bot_send_seconds_count", ())] == posts
+    assert m[("cometchat_bot_send_errors_total", (("code", "HTTP_504"),))] == 1
+    assert m[("cometchat_bot_lookup_seconds_count", ())] == 1
+    errors = {k[1]: v for k, v in m.items() if k[0] == "cometchat_bot_lookup_errors_total"}
+    assert errors == ({(("code", "ERR_MISSION_FAILED"),): 1} if lookup_fails else {})
+    assert m[("cometchat_bot_replies_found_delivered_total", ())] == (0 if lookup_fails else 1)
