@@ -4,9 +4,10 @@ One :class:`Metrics` per app, on a registry of its own (no global state for
 tests to reset). Counters and histograms are updated where things happen:
 the blueprint (callbacks by outcome), the dispatcher's outcomes (handler
 time), :class:`MeteredSender` (each attempt to post a reply: time, errors by
-CometChat code; the lookups of replies in doubt apart) and the delivery (callback accepted -> reply accepted). Queue
-depth and dead letters are read from the journal (or Redis) when scraped, so
-they are right whichever process answers the scrape.
+CometChat code; the lookups of replies in doubt apart) and the delivery
+(callback accepted -> reply accepted). Queue depth and dead letters are read
+from the journal (or Redis) when scraped, so they are right whichever process
+answers the scrape.
 
 Under gunicorn each worker process counts its own callbacks and sends; set
 ``PROMETHEUS_MULTIPROC_DIR`` (an empty directory, before the app starts) to
