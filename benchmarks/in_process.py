@@ -100,16 +100,17 @@ def main() -> None:
 
     sys.path[:0] = [str(ROOT), str(BENCH)]
     import payloads  # the harness's callbacks
+    import servers  # the harness's settings for the servers it runs (its own module, not benchmarks/servers.py)
     from werkzeug.test import EnvironBuilder
 
     fake, port = start_fake(args.latency_ms)
     try:
         os.environ.update(
-            COMETCHAT_APP_ID="benchapp", COMETCHAT_REGION="us", COMETCHAT_API_KEY="bench-api-key",
-            COMETCHAT_BOT_UID="bot", COMETCHAT_API_BASE=f"http://127.0.0.1:{port}/v3",
-            CALLBACK_BASIC_AUTH="cometchat:bench-basic-pass",
-            JOURNAL_PATH=os.path.join(tempfile.mkdtemp(), "journal.sqlite3"), LOG_LEVEL="warning",
-        )  # fmt: skip
+            servers.COMMON_ENV,
+            COMETCHAT_API_BASE=f"http://127.0.0.1:{port}/v3",
+            JOURNAL_PATH=os.path.join(tempfile.mkdtemp(), "journal.sqlite3"),
+            LOG_LEVEL="warning",  # as the adapter maps gunicorn's --log-level warning, which the harness passes
+        )
         if args.app == "bare":
             import bare_flask
 
@@ -119,7 +120,7 @@ def main() -> None:
             from bot.factory import bot_app
 
             path, pipeline = "/cometchat/callback", bot_app(app)
-        auth = payloads.basic_auth_header("cometchat", "bench-basic-pass")
+        auth = payloads.basic_auth_header(servers.BASIC_USER, servers.BASIC_PASS)
         tag = f"inproc{os.getpid()}"
         environs = [
             EnvironBuilder(
@@ -129,9 +130,11 @@ def main() -> None:
             for n in range(args.callbacks + 1)
         ]  # fmt: skip
 
+        refused: list[str] = []  # statuses other than 200 (list.append is thread-safe)
+
         def start_response(status: str, headers: list, exc_info: object = None) -> None:
             if not status.startswith("200"):
-                raise SystemExit(f"the app answered {status}")
+                refused.append(status)
 
         def post(environ: dict) -> None:
             body = app(environ, start_response)
@@ -139,10 +142,14 @@ def main() -> None:
             body.close()
 
         post(environs.pop())  # the first callback starts the pipeline's threads
-        if pipeline is not None and not pipeline.wait_idle(10):
-            raise SystemExit("the first reply did not arrive")
-        chunks = [environs[n :: args.threads] for n in range(args.threads)]
-        threads = [threading.Thread(target=lambda c=chunk: [post(e) for e in c]) for chunk in chunks]
+        if refused or (pipeline is not None and not pipeline.wait_idle(10)):
+            raise SystemExit(f"the first callback was answered {refused[0]}" if refused else "no first reply")
+
+        def post_all(chunk: list[dict]) -> None:
+            for environ in chunk:
+                post(environ)
+
+        threads = [threading.Thread(target=post_all, args=(environs[n :: args.threads],)) for n in range(args.threads)]
 
         usage0, ticks0, switches0 = resource.getrusage(resource.RUSAGE_SELF), thread_ticks(), context_switches()
         started = time.perf_counter()
@@ -151,6 +158,8 @@ def main() -> None:
         for thread in threads:
             thread.join()
         posting = time.perf_counter() - started
+        if refused:
+            raise SystemExit(f"{len(refused)} callbacks were not answered 200 (the first: {refused[0]})")
         if pipeline is not None and not pipeline.wait_idle(60):
             raise SystemExit("the replies did not all arrive within 60 s")
         usage1, ticks1, switches1 = resource.getrusage(resource.RUSAGE_SELF), thread_ticks(), context_switches()
