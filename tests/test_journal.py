@@ -15,7 +15,7 @@ from bot import journal as journal_module
 from bot.api import SendRequest
 from bot.errors import ConfigError
 from bot.journal import InboxItem, Journal, OutboxItem, RateLimit, owner_alive, process_owner
-from tests.helpers import Clock, dead_owner
+from tests.helpers import Clock, dead_owner, wait_for
 
 
 @pytest.fixture
@@ -50,6 +50,92 @@ def test_accept_claims_a_message_whose_lane_is_free(journal):
     assert isinstance(item, InboxItem)
     assert (item.message_id, item.conversation, item.attempts) == ("1", "c1", 1)
     assert journal.depth().inbox_running == 1
+
+
+@pytest.fixture
+def traced(monkeypatch) -> list[tuple[str, str]]:
+    """(thread name, SQL) of every statement the journal's connections run, as SQLite traces them."""
+    statements: list[tuple[str, str]] = []
+    connect = sqlite3.connect
+
+    def tracing_connect(*args, **kwargs):
+        con = connect(*args, **kwargs)
+        con.set_trace_callback(lambda sql: statements.append((threading.current_thread().name, sql)))
+        return con
+
+    monkeypatch.setattr(journal_module.sqlite3, "connect", tracing_connect)
+    return statements
+
+
+def accept_at_once(journal: Journal, calls: list[tuple[str, str]]) -> list:
+    """accept() from one thread per (message id, conversation), all queued while the write lock is held; the
+    results in the order of ``calls``."""
+    results: list = [None] * len(calls)
+
+    def run(n: int, message_id: str, conversation: str) -> None:
+        results[n] = accept(journal, message_id, conversation)
+
+    threads = [threading.Thread(target=run, args=(n, *call), name=f"request-{n}") for n, call in enumerate(calls)]
+    with journal._write_lock:  # as another thread's write would
+        for queued, thread in enumerate(threads, 1):
+            thread.start()  # one at a time: they queue in the order of ``calls``
+            assert wait_for(lambda queued=queued: len(journal._waiting) == queued, 5)
+    for thread in threads:
+        thread.join(5)
+    return results
+
+
+def test_accepts_waiting_for_the_write_lock_are_written_in_one_transaction(journal, traced):
+    calls = [("1", "c1"), ("2", "c1"), ("3", "c2"), ("1", "c1")]  # a second message of c1, another lane, a copy
+    results = accept_at_once(journal, calls)
+
+    assert isinstance(results[0], InboxItem) and results[0].message_id == "1"  # the lane was free: claimed
+    assert results[1] is True  # queued behind message 1
+    assert isinstance(results[2], InboxItem) and results[2].conversation == "c2"
+    assert results[3] is False  # the copy: a duplicate, also when in the same transaction as the original
+    # (SQLite's trace reports a statement with RETURNING more than once: its INSERTs are not counted here.)
+    writes = [(thread, sql.split(" ")[0]) for thread, sql in traced if sql.startswith(("BEGIN", "COMMIT", "INSERT"))]
+    assert [sql for _, sql in writes if sql != "INSERT"] == ["BEGIN", "COMMIT"]
+    assert writes[0][1] == "BEGIN" and writes[-1][1] == "COMMIT"  # every INSERT inside that one transaction
+    assert len({thread for thread, _ in writes}) == 1  # written by one thread, for all four
+    assert journal.finish_inbox(results[0]).message_id == "2"  # and the lane goes on as usual
+
+
+def test_a_failure_in_a_shared_transaction_fails_every_statement_in_it(journal):
+    errors: list[BaseException] = []
+
+    def failing() -> None:
+        try:
+            journal._statement("INSERT INTO no_such_table VALUES (1)", ())
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    def accepting() -> None:
+        try:
+            accept(journal, "1")
+        except sqlite3.OperationalError as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=failing), threading.Thread(target=accepting)]
+    with journal._write_lock:
+        for n, thread in enumerate(threads, 1):
+            thread.start()
+            assert wait_for(lambda n=n: len(journal._waiting) == n, 5)
+    for thread in threads:
+        thread.join(5)
+    assert len(errors) == 2 and errors[0] is not errors[1]  # each thread raises its own
+    assert all("no_such_table" in str(exc) for exc in errors)
+    assert journal.depth().inbox == 0  # rolled back: the accepted callback is not recorded (and was not answered)
+    assert isinstance(accept(journal, "1"), InboxItem)  # the next try writes it
+
+
+def test_a_forked_child_does_not_write_statements_its_parent_queued(journal):
+    parent_statement = journal_module._Statement("INSERT INTO helpers (owner, until) VALUES ('parent', 1)", ())
+    journal._waiting.append(parent_statement)  # a parent's thread was about to write it when the process forked
+    journal._pid = -1  # what the child sees
+    journal._local = threading.local()
+    assert isinstance(accept(journal, "1"), InboxItem)
+    assert journal.read("SELECT owner FROM helpers") == [] and not parent_statement.done
 
 
 def test_redelivered_message_is_a_duplicate_per_bot(journal):
