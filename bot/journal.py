@@ -428,9 +428,9 @@ class Journal:
         (gunicorn's gthread workers accepting callbacks at once), the thread
         that gets the lock writes all of them in one transaction and the
         others find theirs done (flat combining): one commit for several
-        callbacks. With eight request threads, batches of 2 to 8 statements,
-        and 7-18 % less CPU per callback in one process
-        (benchmarks/in_process.py --threads 8); a single request thread (sync
+        callbacks. With eight request threads: mostly batches of 2 to 8, and
+        16-25 % less CPU per callback in one process (benchmarks/in_process.py
+        --threads 8, benchmarks/RESULTS.md); a single request thread (sync
         workers) always writes its own, as before.
         """
         con = self._connection()  # first: in a forked child it replaces the parent's queue
