@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/crash.py              # embedded mode (SQLite journal in each gunicorn worker)
     .venv/bin/python benchmarks/crash.py --redis      # Redis + RQ mode (needs redis-server on PATH)
+    .venv/bin/python benchmarks/crash.py --gthread    # gthread workers (8 threads each), as in the Procfile
 
 Embedded: 16 client threads post callbacks to gunicorn (2 workers) for
 ``--seconds``; a third of the way in, one worker is killed with SIGKILL
@@ -120,14 +121,15 @@ def free_port() -> int:
 class App:
     """gunicorn running ``benchmarks.adapter:app`` (and, in Redis mode, the RQ workers)."""
 
-    def __init__(self, env: dict[str, str], workdir: str) -> None:
+    def __init__(self, env: dict[str, str], workdir: str, worker_args: list[str]) -> None:
         self.env, self.port, self.log = env, free_port(), os.path.join(workdir, "gunicorn.log")
+        self.worker_args = worker_args  # gunicorn's worker class and threads (none: sync workers)
         self.gunicorn: subprocess.Popen | None = None
         self.rq_workers: list[subprocess.Popen] = []
 
     def start(self) -> None:
-        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", "-b", f"127.0.0.1:{self.port}", "--graceful-timeout",
-               "10", "--error-logfile", self.log, "benchmarks.adapter:app"]  # fmt: skip
+        cmd = [sys.executable, "-m", "gunicorn", "-w", "2", *self.worker_args, "-b", f"127.0.0.1:{self.port}",
+               "--graceful-timeout", "10", "--error-logfile", self.log, "benchmarks.adapter:app"]  # fmt: skip
         self.gunicorn = subprocess.Popen(cmd, cwd=ROOT, env=self.env)
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -222,6 +224,7 @@ class Load:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--redis", action="store_true", help="Redis + RQ mode (kills an RQ worker)")
+    parser.add_argument("--gthread", action="store_true", help="gthread workers with 8 threads (default: sync)")
     parser.add_argument("--seconds", type=float, default=6.0, help="load duration")
     parser.add_argument("--latency-ms", type=float, default=20.0, help="the fake API's answer time")
     parser.add_argument("--drain-timeout", type=float, default=240.0, help="max seconds to wait for the replies")
@@ -244,7 +247,7 @@ def main() -> int:
 
         env["REDIS_URL"] = redis.enter_context(redis_server(workdir))
 
-    app = App(env, workdir)
+    app = App(env, workdir, ["-k", "gthread", "--threads", "8"] if args.gthread else [])
     app.start()
     if args.redis:
         app.start_rq_worker()
@@ -305,7 +308,10 @@ def main() -> int:
     out_of_order = sum(
         1 for ns in per_user.values() for a, b in itertools.pairwise(ns) if b < a
     )  # each user's callbacks were posted one after another by one thread, in increasing N
-    mode = "redis+rq (2 RQ worker processes, 1 killed)" if args.redis else "embedded (gunicorn -w 2, kill -9 twice)"
+    if args.redis:
+        mode = "redis+rq (2 RQ worker processes, 1 killed)"
+    else:
+        mode = f"embedded (gunicorn -w 2{' -k gthread --threads 8' if args.gthread else ''}, kill -9 twice)"
     print("\n".join(events))
     print(
         "| mode | posted | answered 200 | delivered | lost | doubled (same muid) | out of order | looked up | drain s |"
