@@ -141,8 +141,9 @@ CREATE TABLE IF NOT EXISTS state (
     expires_at   REAL    NOT NULL
 ) WITHOUT ROWID;
 
--- Accepting a message and finishing one are single statements (each its own transaction: the fewest round trips
--- and lock operations on the hot path); these triggers do the rest of the work inside them.
+-- Accepting a message and finishing one are single statements (each its own transaction, or accepts written
+-- together when several wait: the fewest round trips and lock operations on the hot path); these triggers do the
+-- rest of the work inside them.
 -- Dedup: a message whose key is in the inbox (the unique index inbox_key) or was seen within the dedup window is
 -- not inserted (a redelivery). Its key goes to ``seen`` only when it leaves the inbox, with the other messages
 -- finished in the same transaction: written while accepting, ``seen`` and its index were two more pages in the
