@@ -834,6 +834,26 @@ class Journal:
             )
         return True
 
+    def take_token(self) -> bool:
+        """Take one send from the shared token bucket, if it holds one now (always True without a rate limit).
+
+        For a reply posted directly rather than through the outbox: it counts
+        against ``COMETCHAT_RATE_LIMIT`` as one claimed from the outbox does.
+        One statement, so that it is written together with other threads'
+        accepts (:meth:`_statement`); none is taken when the bucket is empty.
+        """
+        limit = self.rate_limit
+        if limit is None:
+            return True
+        refilled = "min(?1, tokens + max(0.0, ?3 - updated_at) * ?2)"  # as _tokens() computes it
+        rows = self._statement(
+            "INSERT INTO rate_bucket (name, tokens, updated_at) VALUES ('send', ?1 - 1, ?3)"
+            f" ON CONFLICT (name) DO UPDATE SET tokens = {refilled} - 1, updated_at = ?3 WHERE {refilled} >= 1"
+            " RETURNING tokens",
+            (limit.burst, limit.per_second, time.time()),
+        )
+        return bool(rows)
+
     def next_token_in(self) -> float:
         """Seconds until the bucket holds a token again (0 without a rate limit)."""
         if self.rate_limit is None:

@@ -318,11 +318,15 @@ class Pipeline:
             # after a crash does not send it again. The message's later replies queue behind it.
             handling.inline = False
         if handling is not None and self._may_send_inline(handling):
-            if self._start is not None:
-                handling.chain.append(request)  # posted in order once the handler returned (_post_chain)
-            else:
-                self._send_inline(handling, request)
-            return
+            if self.journal.take_token():
+                if self._start is not None:
+                    handling.chain.append(request)  # posted in order once the handler returned (_post_chain)
+                else:
+                    self._send_inline(handling, request)
+                return
+            # The rate limit's bucket is empty: this reply and the message's later ones wait in the outbox, where
+            # the claimer paces them (those held back go there too, and take a token again when claimed).
+            handling.inline = False
         if handling is not None and handling.chain:
             # Not inline any more (an interim reply): what was held back goes first, through the journal too.
             held, handling.chain = handling.chain, []
@@ -349,9 +353,8 @@ class Pipeline:
     def _may_send_inline(self, handling: _Handling) -> bool:
         if handling.inline is None:
             # This thread holds the conversation's inbox lane, so no other reply of it can be queued meanwhile:
-            # whether replies waited when the message was claimed decides. A rate limit needs the journal's
-            # shared tokens: no inline sends.
-            handling.inline = self.journal.rate_limit is None and not handling.item.replies_waiting
+            # whether replies waited when the message was claimed decides.
+            handling.inline = not handling.item.replies_waiting
         return handling.inline
 
     def _send_inline(self, handling: _Handling, request: SendRequest) -> None:

@@ -425,6 +425,19 @@ def test_rate_limit_paces_claims(tmp_path):
     assert journal.add_reply(reply("x", conversation="cx"), accepted_at=0, claim=True) is True
 
 
+def test_tokens_taken_for_direct_sends_and_claims_come_from_one_bucket(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(2, 1))  # 2/s, burst 2
+    assert [journal.take_token() for _ in range(3)] == [True, True, False]
+    journal.add_reply(reply("queued", conversation="c1"), accepted_at=0, claim=False)
+    assert journal.claim_replies(10) == []  # the direct sends used what the bucket held
+    assert 0 < journal.next_token_in() <= 0.5
+
+
+def test_without_a_rate_limit_a_token_is_always_there(tmp_path):
+    journal = Journal(tmp_path / "j.sqlite3")
+    assert all(journal.take_token() for _ in range(100))
+
+
 def test_synchronous_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="JOURNAL_SYNC"):
         Journal(tmp_path / "j.sqlite3", synchronous="sometimes")

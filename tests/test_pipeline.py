@@ -17,7 +17,7 @@ from bot.api import SendRequest
 from bot.client import RetryPolicy
 from bot.dispatch import Dispatcher
 from bot.errors import CometChatError, NotFound, RateLimited, ServerError, TransportError
-from bot.journal import Journal
+from bot.journal import Journal, RateLimit
 from bot.message import ReplyRef
 from bot.pipeline import Pipeline, PipelineOptions
 from bot.schemas import parse_callback
@@ -37,6 +37,7 @@ class ScriptedSender:
         self.lookups: list[SendRequest] = []  # List Messages calls (bot.client.find_delivered)
         self.lookup_error: Exception | None = None
         self.answers_lost: set[str] = set()  # texts taken whose answer is lost once (a timeout after sending)
+        self.sent_by: list[tuple[float, str]] = []  # (time.time(), thread name) of each delivered request
 
     def fail(self, text: str, *errors: Exception) -> None:
         self.failures[text].extend(errors)
@@ -54,6 +55,7 @@ class ScriptedSender:
             if self.failures.get(text):
                 raise self.failures[text].pop(0)
             self.delivered.append(request)
+            self.sent_by.append((time.time(), threading.current_thread().name))
             if text in self.answers_lost:
                 self.answers_lost.discard(text)
                 raise TransportError("no answer within 10 s (timed out)", in_doubt=True)
@@ -100,7 +102,7 @@ class NonBlockingScriptedSender(ScriptedSender):
 
 def make_pipeline(tmp_path, router: Router, sender: ScriptedSender, **options) -> Pipeline:
     retry = RetryPolicy(max_retries=options.pop("max_retries", 3), base_delay=0.01, max_delay=0.05)
-    journal = Journal(tmp_path / "journal.sqlite3")
+    journal = Journal(tmp_path / "journal.sqlite3", rate_limit=options.pop("rate_limit", None))
     pipeline = Pipeline(
         journal,
         Dispatcher(router, bot_uid="bot", state=SqliteStateStore(journal)),
@@ -232,6 +234,35 @@ def test_a_retry_does_not_hold_up_other_conversations(tmp_path, sender, echo):
     assert sender.texts() == ["echo fast", "echo slow", "echo slow 2"]
     retried = [r for r in sender.attempts if r.body["data"]["text"] == "echo slow"]
     assert len(retried) == 2 and retried[0].muid == retried[1].muid  # same muid on the retry
+
+
+def test_with_a_rate_limit_replies_are_posted_directly_while_the_bucket_holds_tokens(tmp_path, sender, echo):
+    pipeline = make_pipeline(tmp_path, echo, sender, rate_limit=RateLimit(50, 1))  # a full bucket: 50 tokens
+    for user in ("u1", "u2", "u3", "u4", "u5"):
+        submit(pipeline, "hi", sender=user)
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["echo hi"] * 5
+    # Posted by the handler threads (or the sender's start()), none through the outbox's sender threads.
+    assert [name for _, name in sender.sent_by if name.startswith("bot-sender")] == []
+
+
+def test_with_an_empty_bucket_replies_wait_in_the_outbox_in_order_and_paced(tmp_path, sender):
+    router = Router()
+
+    @router.fallback
+    def two(msg):
+        return ["first", "second"]
+
+    limit = RateLimit(2, 1)  # 2/s, burst 2
+    pipeline = make_pipeline(tmp_path, router, sender, rate_limit=limit)
+    emptied_at = time.time()  # the bucket is full until now, and emptied right after
+    assert pipeline.journal.take_token() and pipeline.journal.take_token()
+    submit(pipeline, "go")
+    assert pipeline.wait_idle(10)
+    assert sender.texts() == ["first", "second"]
+    # The 3rd and 4th sends since the bucket was full: not before 0.5 s and 1 s later (2 tokens a second).
+    for n, (sent_at, _) in enumerate(sender.sent_by, start=1):
+        assert sent_at >= emptied_at + n / limit.per_second - 0.01
 
 
 def test_server_errors_are_retried_then_delivered_once(tmp_path, sender, echo):
