@@ -21,6 +21,7 @@ env "${BOT_SETTINGS[@]}" ${ENV:-} \
 GUNICORN=$!
 PIDS+=($GUNICORN)
 wait_up 18100
+wait_workers $GUNICORN "$(grep -oP '(?<=-w )\d+' <<<"${WORKERS:--w 2}")"
 
 cpu() {  # user and system clock ticks of gunicorn's master and workers
     local user=0 sys=0 u s

@@ -33,3 +33,22 @@ wait_up() {  # until each port answers /healthz (at most 10 s each)
         for _ in $(seq 100); do curl -s -o /dev/null "127.0.0.1:$port/healthz" && break; sleep 0.1; done
     done
 }
+
+wait_workers() {  # MASTER N: until each of gunicorn's N workers has taken a callback (at most 10 s)
+    # A worker still importing the app takes no connection: wrk's keep-alive connections, made at once, would
+    # all go to the other one (a 16/0 split with gthread workers) and stay there for the whole measurement.
+    local master=$1 n=$2 ready pid
+    for i in $(seq 100); do
+        ready=0
+        for pid in $(pgrep -P "$master"); do
+            grep -qx bot-finisher /proc/"$pid"/task/*/comm 2>/dev/null && ready=$((ready + 1))  # bot.pipeline's
+        done
+        [ "$ready" -ge "$n" ] && return 0
+        curl -s -o /dev/null -H "Authorization: $AUTH" -H "Content-Type: application/json" \
+            -d "$("$PY" -c "import sys; sys.path.insert(0, '$BENCH'); import payloads; print(payloads.render('cometchat', '8', $i, 'warm'))")" \
+            127.0.0.1:18100/cometchat/callback
+        sleep 0.1
+    done
+    echo "only $ready of $n gunicorn workers took a callback within 10 s" >&2
+    return 1
+}
