@@ -15,7 +15,10 @@ and returns; nothing slow happens before the 200. Then, per process:
   Replies sent with ``msg.reply()`` while the handler goes on are journaled
   first, so that a re-run after a crash skips them. A reply whose attempt
   fails with something that may pass (429, 5xx, network) is journaled in
-  the outbox with a due time, and so are the message's later replies;
+  the outbox with a due time, and so are the message's later replies. With
+  a rate limit, each reply first takes a token from the journal's bucket;
+  one that finds it empty waits in the outbox (with the later replies),
+  paced by the claimer;
 * sender threads post what is in the outbox, one attempt each; a failure
   that may pass puts the reply back with a due time while its
   conversation's lane waits; a final failure becomes a dead letter. A
