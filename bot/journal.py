@@ -73,6 +73,17 @@ WAL_RESTART_WAIT_MS = 20  # how long that checkpoint waits for other processes' 
 FINISH_CHUNK = 1000  # messages per transaction of Journal.finish_many
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: a WAL file grown past this in a burst is cut back when it starts over
 
+#: The send tokens the rate limit's bucket holds now (?1 the burst, ?2 tokens per second, ?3 now): it fills up
+#: from ``tokens`` at ``updated_at`` (a bucket with no row yet is full).
+_REFILLED = "min(?1, tokens + max(0.0, ?3 - updated_at) * ?2)"
+_TOKENS = f"SELECT {_REFILLED} FROM rate_bucket WHERE name = 'send'"
+#: Takes ?4 tokens if the bucket holds them; a row comes back only then.
+_TAKE_TOKENS = (
+    "INSERT INTO rate_bucket (name, tokens, updated_at) SELECT 'send', ?1 - ?4, ?3 WHERE ?1 >= ?4"
+    f" ON CONFLICT (name) DO UPDATE SET tokens = {_REFILLED} - ?4, updated_at = ?3 WHERE {_REFILLED} >= ?4"
+    " RETURNING tokens"
+)
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS inbox (
     seq          INTEGER PRIMARY KEY,  -- (no AUTOINCREMENT: its sqlite_sequence row was one more page per write)
@@ -810,29 +821,24 @@ class Journal:
 
     # ------------------------------------------------------------ rate limit
 
-    def _tokens(self, con: sqlite3.Connection, now: float) -> float:
+    def _bucket(self, now: float) -> tuple[float, float, float]:
+        """The parameters of _TOKENS and _TAKE_TOKENS: ?1 the burst, ?2 tokens per second, ?3 now."""
         limit = self.rate_limit
         assert limit is not None
-        row = con.execute("SELECT tokens, updated_at FROM rate_bucket WHERE name = 'send'").fetchone()
-        if row is None:
-            return limit.burst
-        tokens, updated = row
-        return min(limit.burst, tokens + max(0.0, now - updated) * limit.per_second)
+        return limit.burst, limit.per_second, now
+
+    def _tokens(self, con: sqlite3.Connection, now: float) -> float:
+        bucket = self._bucket(now)
+        row = con.execute(_TOKENS, bucket).fetchone()
+        return bucket[0] if row is None else row[0]
 
     def _take_tokens(self, con: sqlite3.Connection, n: int, now: float, *, commit: bool = True) -> bool:
         """Whether ``n`` sends fit the shared token bucket now; takes them when ``commit``."""
         if self.rate_limit is None:
             return True
-        tokens = self._tokens(con, now)
-        if tokens < n:
-            return False
-        if commit and n:
-            con.execute(
-                "INSERT INTO rate_bucket (name, tokens, updated_at) VALUES ('send', ?1, ?2) "
-                "ON CONFLICT (name) DO UPDATE SET tokens = ?1, updated_at = ?2",
-                (tokens - n, now),
-            )
-        return True
+        if not commit:
+            return self._tokens(con, now) >= n
+        return n == 0 or bool(con.execute(_TAKE_TOKENS, (*self._bucket(now), n)).fetchall())
 
     def take_token(self) -> bool:
         """Take one send from the shared token bucket, if it holds one now (always True without a rate limit).
@@ -842,17 +848,9 @@ class Journal:
         One statement, so that it is written together with other threads'
         accepts (:meth:`_statement`); none is taken when the bucket is empty.
         """
-        limit = self.rate_limit
-        if limit is None:
+        if self.rate_limit is None:
             return True
-        refilled = "min(?1, tokens + max(0.0, ?3 - updated_at) * ?2)"  # as _tokens() computes it
-        rows = self._statement(
-            "INSERT INTO rate_bucket (name, tokens, updated_at) VALUES ('send', ?1 - 1, ?3)"
-            f" ON CONFLICT (name) DO UPDATE SET tokens = {refilled} - 1, updated_at = ?3 WHERE {refilled} >= 1"
-            " RETURNING tokens",
-            (limit.burst, limit.per_second, time.time()),
-        )
-        return bool(rows)
+        return bool(self._statement(_TAKE_TOKENS, (*self._bucket(time.time()), 1)))
 
     def next_token_in(self) -> float:
         """Seconds until the bucket holds a token again (0 without a rate limit)."""
