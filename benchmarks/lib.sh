@@ -37,7 +37,7 @@ wait_up() {  # until each port answers /healthz (at most 10 s each)
 wait_workers() {  # MASTER N: until each of gunicorn's N workers has taken a callback (at most 10 s)
     # A worker still importing the app takes no connection: wrk's keep-alive connections, made at once, would
     # all go to the other one (a 16/0 split with gthread workers) and stay there for the whole measurement.
-    local master=$1 n=$2 ready pid
+    local master=$1 n=$2 ready pid i
     for i in $(seq 100); do
         ready=0
         for pid in $(pgrep -P "$master"); do
