@@ -74,13 +74,16 @@ FINISH_CHUNK = 1000  # messages per transaction of Journal.finish_many
 WAL_SIZE_LIMIT = 64 * 1024 * 1024  # bytes: a WAL file grown past this in a burst is cut back when it starts over
 
 #: The send tokens the rate limit's bucket holds now (?1 the burst, ?2 tokens per second, ?3 now): it fills up
-#: from ``tokens`` at ``updated_at`` (a bucket with no row yet is full).
+#: from ``tokens`` at ``updated_at`` (a bucket with no row yet is full). A write never moves ``updated_at`` back:
+#: a statement whose ``now`` was read before another thread's or process's later one was written (statements
+#: written together, waits for the lock) would otherwise have the time between them refilled twice.
 _REFILLED = "min(?1, tokens + max(0.0, ?3 - updated_at) * ?2)"
+_UPDATED = "updated_at = max(updated_at, ?3)"
 _TOKENS = f"SELECT {_REFILLED} FROM rate_bucket WHERE name = 'send'"
 #: Takes ?4 tokens if the bucket holds them; a row comes back only then.
 _TAKE_TOKENS = (
     "INSERT INTO rate_bucket (name, tokens, updated_at) SELECT 'send', ?1 - ?4, ?3 WHERE ?1 >= ?4"
-    f" ON CONFLICT (name) DO UPDATE SET tokens = {_REFILLED} - ?4, updated_at = ?3 WHERE {_REFILLED} >= ?4"
+    f" ON CONFLICT (name) DO UPDATE SET tokens = {_REFILLED} - ?4, {_UPDATED} WHERE {_REFILLED} >= ?4"
     " RETURNING tokens"
 )
 

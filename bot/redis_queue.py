@@ -97,7 +97,8 @@ tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 if tokens < 1 then
   return tostring((1 - tokens) / rate)
 end
-redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', now)
+-- 'at' never moves back (a worker that read its clock before another's later take): no span refills twice.
+redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', math.max(at, now))
 redis.call('EXPIRE', KEYS[1], 3600)
 return '0'
 """

@@ -438,6 +438,22 @@ def test_without_a_rate_limit_a_token_is_always_there(tmp_path):
     assert all(journal.take_token() for _ in range(100))
 
 
+def test_a_token_taken_with_an_earlier_time_does_not_refill_the_bucket_twice(tmp_path, clock):
+    # Statements written together, or after waiting for another process's lock, are written after later ones.
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(2, 1))  # 2/s, burst 2
+    assert [journal.take_token() for _ in range(3)] == [True, True, False]
+    clock.advance(1)
+    assert journal.take_token()  # refilled to 2: one left
+    clock.advance(-0.5)  # a thread that read the time half a second earlier
+    assert journal.take_token()  # the last one
+    clock.advance(0.5)  # the time of the last write again: nothing refilled since
+    assert not journal.take_token()
+    journal.add_reply(reply("queued"), accepted_at=0, claim=False)
+    assert journal.claim_replies(1) == []
+    clock.advance(0.5)
+    assert len(journal.claim_replies(1)) == 1
+
+
 def test_synchronous_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="JOURNAL_SYNC"):
         Journal(tmp_path / "j.sqlite3", synchronous="sometimes")

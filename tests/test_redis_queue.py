@@ -475,6 +475,9 @@ def test_shared_token_bucket(redis_url):
     assert [wait_at(100.0), wait_at(100.0)] == [0.0, 0.0]
     assert wait_at(100.0) == pytest.approx(0.5)
     assert wait_at(100.5) == 0.0  # one token came back after 0.5 s
+    assert wait_at(101.5) == 0.0  # two came back: one left
+    assert wait_at(101.0) == 0.0  # a worker that read its clock earlier takes the last one
+    assert wait_at(101.5) == pytest.approx(0.5)  # the half second between was not refilled twice
 
 
 def test_a_running_job_keeps_its_heartbeat_alive(redis_url, monkeypatch):
