@@ -454,6 +454,72 @@ def test_a_token_taken_with_an_earlier_time_does_not_refill_the_bucket_twice(tmp
     assert len(journal.claim_replies(1)) == 1
 
 
+def bucket_tokens(journal: Journal) -> float:
+    [(tokens,)] = journal.read("SELECT tokens FROM rate_bucket")
+    return tokens
+
+
+@pytest.mark.parametrize(
+    ("limit", "lease"),
+    [(RateLimit(500, 60), 1), (RateLimit(2, 1), 1), (RateLimit(6000, 60), 10), (RateLimit(600_000, 60), 32)],
+)
+def test_a_lease_is_a_tenth_of_a_second_of_the_rate_at_most_32(limit, lease):
+    assert limit.lease == lease
+
+
+def test_direct_sends_take_their_tokens_a_lease_at_a_time(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # 100/s: burst 100, leases of 10
+    assert journal.take_token()
+    assert bucket_tokens(journal) == 90  # ten taken in one write
+    assert all(journal.take_token() for _ in range(9))
+    assert bucket_tokens(journal) == 90  # spent from the lease: no write
+    assert journal.take_token()
+    assert bucket_tokens(journal) == 80
+
+
+def test_a_lease_takes_what_the_bucket_holds_and_gives_back_what_it_did_not_spend(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # 100/s: burst 100, leases of 10
+    assert sum(journal.take_token() for _ in range(101)) == 100
+    clock.advance(0.05)  # 5 tokens again
+    assert journal.take_token()  # a lease of the 5 there are: 4 left in it
+    assert bucket_tokens(journal) == pytest.approx(0, abs=1e-6)
+    clock.advance(0.2)  # the lease ran out unspent; the bucket gained 20
+    assert journal.take_token()
+    assert bucket_tokens(journal) == pytest.approx(20 + 4 - 10, abs=1e-6)
+
+
+def test_leases_of_several_processes_never_send_more_than_the_bucket_allows(tmp_path, clock):
+    path = tmp_path / "j.sqlite3"
+    journals = [Journal(path, rate_limit=RateLimit(6000, 60)) for _ in range(3)]  # one per process: burst 100
+    sent = sum(journal.take_token() for _ in range(60) for journal in journals)
+    assert sent == 100
+    clock.advance(1)  # a second: the bucket is full again, and the leases have run out
+    assert sum(journal.take_token() for _ in range(60) for journal in journals) == 100
+
+
+def test_threads_spending_one_lease_never_send_more_than_the_bucket_allows(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # burst 100, leases of 10
+    counts = [0] * 8
+
+    def send(i: int) -> None:
+        counts[i] = sum(journal.take_token() for _ in range(50))
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    assert sum(counts) == 100
+
+
+def test_a_forked_child_does_not_spend_its_parents_lease(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # leases of 10
+    assert journal.take_token()  # the parent holds 9
+    journal._lease.pid = -1  # the lease is another process's (what a forked child sees)
+    assert journal.take_token()
+    assert bucket_tokens(journal) == 80  # the child took a lease of its own
+
+
 def test_synchronous_setting_is_checked(tmp_path):
     with pytest.raises(ConfigError, match="JOURNAL_SYNC"):
         Journal(tmp_path / "j.sqlite3", synchronous="sometimes")
@@ -593,6 +659,16 @@ def test_a_journal_whose_outbox_has_no_verify_column_gets_it(tmp_path):
     [waiting] = journal.claim_replies(5)
     assert (waiting.request.muid, waiting.verify) == ("old-0", False)
     assert journal.add_reply(reply("new", conversation="c2"), accepted_at=0, claim=True, verify=True).verify
+
+
+def test_an_older_journals_rate_bucket_gets_the_leases_column(tmp_path, clock):
+    path = tmp_path / "j.sqlite3"
+    assert Journal(path, rate_limit=RateLimit(6000, 60)).take_token()
+    with sqlite3.connect(path) as con:  # as the earlier version left it
+        con.execute("ALTER TABLE rate_bucket DROP COLUMN taken")
+    journal = Journal(path, rate_limit=RateLimit(6000, 60))
+    assert journal.take_token()
+    assert bucket_tokens(journal) == 80
 
 
 def test_a_dead_letter_of_an_older_journal_is_looked_up_from_its_failure_when_requeued(tmp_path):
