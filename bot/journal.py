@@ -277,7 +277,8 @@ class RateLimit:
 
 @dataclass(eq=False)
 class _Lease:
-    """Tokens this process took from the rate limit's bucket and may spend until ``until`` (Journal.take_token)."""
+    """Tokens this process took from the rate limit's bucket and may spend until ``until`` (time.monotonic(),
+    Journal.take_token)."""
 
     pid: int
     tokens: int = 0
@@ -858,7 +859,8 @@ class Journal:
     # ------------------------------------------------------------ rate limit
 
     def _bucket(self, now: float) -> tuple[float, float, float]:
-        """The parameters of _TOKENS and _TAKE_TOKENS: ?1 the burst, ?2 tokens per second, ?3 now."""
+        """The first parameters of _TOKENS, _TAKE_TOKENS and _LEASE_TOKENS: ?1 the burst, ?2 tokens per second,
+        ?3 now."""
         limit = self.rate_limit
         assert limit is not None
         return limit.burst, limit.per_second, now
@@ -896,12 +898,12 @@ class Journal:
         if lease.pid != current_pid():  # a forked child: the parent's tokens (and lock) are not its own
             lease = self._lease = _Lease(current_pid())
         with lease.lock:
-            now = time.time()
+            now = time.monotonic()
             if lease.tokens and now < lease.until:
                 lease.tokens -= 1
                 return True
             unused, lease.tokens = lease.tokens, 0
-            taken = self._statement(_LEASE_TOKENS, (*self._bucket(now), self.rate_limit.lease, unused))[0][0]
+            taken = self._statement(_LEASE_TOKENS, (*self._bucket(time.time()), self.rate_limit.lease, unused))[0][0]
             if not taken:
                 return False
             lease.tokens, lease.until = taken - 1, now + LEASE_SECONDS
