@@ -909,6 +909,14 @@ class Journal:
             lease.tokens, lease.until = taken - 1, now + LEASE_SECONDS
             return True
 
+    def give_back_tokens(self, n: int) -> None:
+        """Put back ``n`` tokens that :meth:`take_token` gave for replies that will go through the outbox after
+        all, unsent (the replies a message held back when the bucket ran dry or an attempt failed): claiming them
+        from the outbox takes tokens again. A write, on that path only."""
+        if self.rate_limit is None or n <= 0:
+            return
+        self._statement(_LEASE_TOKENS, (*self._bucket(time.time()), 0, n))
+
     def next_token_in(self) -> float:
         """Seconds until the bucket holds a token again (0 without a rate limit)."""
         if self.rate_limit is None:

@@ -328,11 +328,13 @@ class Pipeline:
                     self._send_inline(handling, request)
                 return
             # The rate limit's bucket is empty: this reply and the message's later ones wait in the outbox, where
-            # the claimer paces them (those held back go there too, and take a token again when claimed).
+            # the claimer paces them (those held back go there too).
             handling.inline = False
         if handling is not None and handling.chain:
-            # Not inline any more (an interim reply): what was held back goes first, through the journal too.
+            # Not inline any more (an interim reply, an empty bucket): what was held back goes first, through the
+            # journal too; the tokens it took go back, as claiming it from the outbox takes them again.
             held, handling.chain = handling.chain, []
+            self.journal.give_back_tokens(len(held))
             for earlier in held:
                 self.deliver(earlier)
         accepted_at = handling.item.accepted_at if handling else time.time()
@@ -431,11 +433,18 @@ class Pipeline:
             self._post_inline(handling, requests)
 
     def _post_inline(self, handling: _Handling, requests: list[SendRequest]) -> None:
+        for at, request in enumerate(requests):
+            if not handling.inline:  # an attempt failed: the rest queue behind it in the journal
+                self._queue_unsent(handling.item, requests[at:])
+                return
+            self._send_inline(handling, request)
+
+    def _queue_unsent(self, item: InboxItem, requests: list[SendRequest] | deque[SendRequest]) -> None:
+        """Replies of a message held back for posting, queued behind its reply that failed: in the outbox, their
+        tokens given back (claiming them takes them again)."""
+        self.journal.give_back_tokens(len(requests))
         for request in requests:
-            if handling.inline:
-                self._send_inline(handling, request)
-            else:  # an attempt failed: the rest queue behind it in the journal
-                self.journal.add_reply(request, accepted_at=handling.item.accepted_at, claim=False)
+            self.journal.add_reply(request, accepted_at=item.accepted_at, claim=False)
 
     def _chain_done(self, item: InboxItem | None) -> None:
         """A message's replies are all posted (or queued for a retry): the finisher thread takes it out of the
@@ -779,8 +788,8 @@ class _Chain:
         for a retry in the outbox, with the replies after it queued behind."""
         if not self.pipeline._first_attempt_failed(self.item, request, error):
             return True
-        while self.requests:
-            self.pipeline.journal.add_reply(self.requests.popleft(), accepted_at=self.item.accepted_at, claim=False)
+        self.pipeline._queue_unsent(self.item, self.requests)
+        self.requests.clear()
         return False
 
 

@@ -512,6 +512,18 @@ def test_threads_spending_one_lease_never_send_more_than_the_bucket_allows(tmp_p
     assert sum(counts) == 100
 
 
+def test_tokens_given_back_are_claimed_from_the_outbox(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(2, 1))  # 2/s, burst 2
+    assert journal.take_token() and journal.take_token()
+    for i in range(3):
+        journal.add_reply(reply(str(i), conversation=f"c{i}"), accepted_at=0, claim=False)
+    assert journal.claim_replies(10) == []
+    journal.give_back_tokens(2)  # their replies went to the outbox unsent
+    assert len(journal.claim_replies(10)) == 2
+    journal.give_back_tokens(5)
+    assert bucket_tokens(journal) == 2  # never more than the burst
+
+
 def test_a_forked_child_does_not_spend_its_parents_lease(tmp_path, clock):
     journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # leases of 10
     assert journal.take_token()  # the parent holds 9

@@ -9,10 +9,12 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
+from types import SimpleNamespace
 
 import pytest
 
 from bot import Router
+from bot import journal as journal_module
 from bot.api import SendRequest
 from bot.client import RetryPolicy
 from bot.dispatch import Dispatcher
@@ -23,7 +25,7 @@ from bot.pipeline import Pipeline, PipelineOptions
 from bot.schemas import parse_callback
 from bot.state import SqliteStateStore
 from bot.testing import make_callback
-from tests.helpers import dead_owner, wait_for
+from tests.helpers import Clock, dead_owner, wait_for
 
 
 class ScriptedSender:
@@ -263,6 +265,41 @@ def test_with_an_empty_bucket_replies_wait_in_the_outbox_in_order_and_paced(tmp_
     # The 3rd and 4th sends since the bucket was full: not before 0.5 s and 1 s later (2 tokens a second).
     for n, (sent_at, _) in enumerate(sender.sent_by, start=1):
         assert sent_at >= emptied_at + n / limit.per_second - 0.01
+
+
+def test_replies_held_back_when_the_bucket_runs_dry_give_their_tokens_back(tmp_path, sender):
+    router = Router()
+
+    @router.fallback
+    def two(msg):
+        return ["first", "second"]
+
+    pipeline = make_pipeline(tmp_path, router, sender, rate_limit=RateLimit(1, 60))  # a token a minute
+    submit(pipeline, "go")
+    # "first" took the bucket's token, "second" found it empty: both went to the outbox. Had "first" not given
+    # its token back, the outbox would wait a minute for one.
+    assert wait_for(lambda: sender.texts() == ["first"], 10)
+    assert pipeline.depth().outbox == 1
+
+
+def test_replies_queued_behind_a_failed_attempt_give_their_tokens_back(tmp_path, sender, monkeypatch):
+    # The journal's clock stands still (an hour ahead, so that retries are due at once): its bucket never refills,
+    # and only tokens given back can send more than the three it holds.
+    clock = Clock(time.time() + 3600)
+    monkeypatch.setattr(journal_module, "time", SimpleNamespace(time=clock, monotonic=clock, sleep=time.sleep))
+    router = Router()
+
+    @router.fallback
+    def three(msg):
+        return ["first", "second", "third"]
+
+    sender.fail("first", ServerError("boom", status=500))
+    pipeline = make_pipeline(tmp_path, router, sender, rate_limit=RateLimit(3, 1))  # 3 tokens
+    submit(pipeline, "go")
+    # "first" failed and waits for its retry; the replies queued behind it had taken the other two tokens (or,
+    # posted by the handler thread, none): the retry and "second" get them, "third" none.
+    assert wait_for(lambda: sender.texts() == ["first", "second"], 10)
+    assert pipeline.depth().outbox == 1
 
 
 def test_server_errors_are_retried_then_delivered_once(tmp_path, sender, echo):
