@@ -87,17 +87,21 @@ JOB_RETRIES = 3
 #: Seconds an idle worker thread waits on the queue before it looks for a stop request again.
 THREAD_POLL = 1
 
-# Token bucket shared by all workers: KEYS[1] bucket; ARGV rate/s, burst, now. Returns seconds to wait (0 = taken).
+# Token bucket shared by all workers: KEYS[1] bucket; ARGV rate/s, burst. Returns seconds to wait (0 = taken).
+# The time is Redis's own (TIME), so workers on hosts whose clocks differ share one clock. (A script may write
+# after TIME since Redis 5, which replicates a script's effects rather than the script.)
 _TAKE_TOKEN = """
 local bucket = redis.call('HMGET', KEYS[1], 'tokens', 'at')
-local rate, burst, now = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local rate, burst = tonumber(ARGV[1]), tonumber(ARGV[2])
+local time = redis.call('TIME')
+local now = tonumber(time[1]) + tonumber(time[2]) / 1000000
 local tokens = tonumber(bucket[1]) or burst
 local at = tonumber(bucket[2]) or now
 tokens = math.min(burst, tokens + math.max(0, now - at) * rate)
 if tokens < 1 then
   return tostring((1 - tokens) / rate)
 end
--- 'at' never moves back (a worker that read its clock before another's later take): no span refills twice.
+-- 'at' never moves back (Redis's clock stepped back): no span refills twice.
 redis.call('HSET', KEYS[1], 'tokens', tokens - 1, 'at', math.max(at, now))
 redis.call('EXPIRE', KEYS[1], 3600)
 return '0'
@@ -280,9 +284,7 @@ class RedisDelivery:
             return
         while True:
             wait = float(
-                self._take_token(
-                    keys=[f"{PREFIX}:rate"], args=[self.rate_limit.per_second, self.rate_limit.burst, time.time()]
-                )
+                self._take_token(keys=[f"{PREFIX}:rate"], args=[self.rate_limit.per_second, self.rate_limit.burst])
             )
             if wait <= 0:
                 return

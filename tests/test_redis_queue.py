@@ -12,6 +12,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -26,6 +27,8 @@ from rq.registry import StartedJobRegistry
 import app as app_module
 import config
 from bot import Router
+from bot.client import LocalSender
+from bot.dispatch import Dispatcher
 from bot.factory import bot_app, build_app
 from bot.journal import RateLimit
 from bot.redis_queue import _TAKE_TOKEN, HEARTBEAT_TTL, PREFIX, SENDING, RedisDelivery
@@ -464,20 +467,49 @@ def test_a_dead_letter_sent_again_is_looked_up_if_its_attempt_may_have_been_carr
     assert int(lookup["fromTimestamp"]) == int(letter["accepted_at"]) - 60  # from its callback, not from now
 
 
+def server_time(redis: Redis) -> float:
+    seconds, microseconds = redis.time()
+    return seconds + microseconds / 1e6
+
+
 def test_shared_token_bucket(redis_url):
     redis = Redis.from_url(redis_url)
     take = redis.register_script(_TAKE_TOKEN)
     limit = RateLimit(2, 1)  # 2/s, burst 2
+    key = f"{PREFIX}:rate"
 
-    def wait_at(now: float) -> float:
-        return float(take(keys=[f"{PREFIX}:rate"], args=[limit.per_second, limit.burst, now]))
+    def wait() -> float:
+        return float(take(keys=[key], args=[limit.per_second, limit.burst]))
 
-    assert [wait_at(100.0), wait_at(100.0)] == [0.0, 0.0]
-    assert wait_at(100.0) == pytest.approx(0.5)
-    assert wait_at(100.5) == 0.0  # one token came back after 0.5 s
-    assert wait_at(101.5) == 0.0  # two came back: one left
-    assert wait_at(101.0) == 0.0  # a worker that read its clock earlier takes the last one
-    assert wait_at(101.5) == pytest.approx(0.5)  # the half second between was not refilled twice
+    assert [wait(), wait()] == [0.0, 0.0]
+    assert 0 < wait() <= 0.5  # empty: the next token in at most half a second
+    redis.hset(key, mapping={"tokens": 0, "at": server_time(redis) - 0.5})
+    assert wait() == 0.0  # one token came back in the half second, by Redis's clock
+    assert wait() > 0.4
+    ahead = server_time(redis) + 60  # a take written when Redis's clock read a minute later (then stepped back)
+    redis.hset(key, mapping={"tokens": 1, "at": ahead})
+    assert wait() == 0.0
+    assert float(redis.hget(key, "at")) == ahead  # the bucket's time did not move back ...
+    assert wait() == pytest.approx(0.5)  # ... so the minute is not refilled again later
+
+
+def test_the_shared_bucket_keeps_redis_clock_not_the_workers(redis_url, monkeypatch):
+    """Workers on hosts whose clocks differ share one bucket: a worker whose clock is an hour ahead does not
+    keep the others from their tokens for that hour."""
+    limit = RateLimit(20, 1)  # a token every 50 ms, burst 20
+    redis = Redis.from_url(redis_url)
+    ahead, behind = (RedisDelivery(redis, Dispatcher(Router()), LocalSender(), rate_limit=limit) for _ in range(2))
+    real = time.time
+    monkeypatch.setattr(time, "time", lambda: real() + 3600)
+    for _ in range(20):
+        ahead._pace()  # the bucket is empty now
+    monkeypatch.setattr(time, "time", lambda: real() - 3600)
+    paced = threading.Thread(target=lambda: [behind._pace() for _ in range(3)], daemon=True)
+    started = time.monotonic()
+    paced.start()
+    paced.join(5)
+    assert not paced.is_alive()  # it took its three tokens
+    assert time.monotonic() - started >= 0.1  # paced: two of them had to come back first
 
 
 def test_a_running_job_keeps_its_heartbeat_alive(redis_url, monkeypatch):
