@@ -298,8 +298,7 @@ def test_replies_queued_behind_a_failed_attempt_give_their_tokens_back(tmp_path,
     submit(pipeline, "go")
     # "first" failed and waits for its retry; the replies queued behind it had taken the other two tokens (or,
     # posted by the handler thread, none): the retry and "second" get them, "third" none.
-    assert wait_for(lambda: sender.texts() == ["first", "second"], 10)
-    assert pipeline.depth().outbox == 1
+    assert wait_for(lambda: sender.texts() == ["first", "second"] and pipeline.depth().outbox == 1, 10)
 
 
 def test_server_errors_are_retried_then_delivered_once(tmp_path, sender, echo):
