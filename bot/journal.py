@@ -277,13 +277,30 @@ class RateLimit:
 
 @dataclass(eq=False)
 class _Lease:
-    """Tokens this process took from the rate limit's bucket and may spend until ``until`` (time.monotonic(),
-    Journal.take_token)."""
+    """Tokens this process took from the rate limit's bucket for its direct sends (Journal.take_token): in
+    batches, spent oldest first, each before its ``until`` (time.monotonic()); what a batch did not spend by
+    then is ``unused``, given back with the next take."""
 
     pid: int
-    tokens: int = 0
-    until: float = 0.0
+    batches: deque[list[Any]] = field(default_factory=deque)  # [until, tokens left], oldest first
+    unused: int = 0
+    topping_up: bool = False  # a thread is taking the next batch
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def spend(self, now: float) -> bool:
+        """Spend one token, if a batch holds one still."""
+        while self.batches and self.batches[0][0] <= now:
+            self.unused += self.batches.popleft()[1]
+        if not self.batches:
+            return False
+        oldest = self.batches[0]
+        oldest[1] -= 1
+        if not oldest[1]:
+            self.batches.popleft()
+        return True
+
+    def left(self) -> int:
+        return sum(tokens for _, tokens in self.batches)
 
 
 @dataclass(frozen=True)
@@ -885,7 +902,9 @@ class Journal:
         against ``COMETCHAT_RATE_LIMIT`` as one claimed from the outbox does.
         The process takes up to ``RateLimit.lease`` tokens in one statement
         (written together with other threads' accepts, :meth:`_statement`)
-        and spends them on its next direct sends within ``LEASE_SECONDS``;
+        and spends them on its next direct sends within ``LEASE_SECONDS``
+        (the next batch is taken once fewer than a lease's worth are left,
+        so a process holds up to two, and written outside the lease's lock);
         what it did not spend by then goes back with its next take. Tokens
         leave the bucket when taken, so sends over any span stay within what
         the bucket allowed over that span and the ``LEASE_SECONDS`` before it.
@@ -894,20 +913,32 @@ class Journal:
         """
         if self.rate_limit is None:
             return True
+        size = self.rate_limit.lease
         lease = self._lease
         if lease.pid != current_pid():  # a forked child: the parent's tokens (and lock) are not its own
             lease = self._lease = _Lease(current_pid())
         with lease.lock:
             now = time.monotonic()
-            if lease.tokens and now < lease.until:
-                lease.tokens -= 1
+            spent = lease.spend(now)
+            # The next batch is taken while a lease's worth is still held, so that other threads spend from it
+            # meanwhile rather than wait for the write (they all queued behind the lock: 2-3 more context
+            # switches per callback with eight request threads, benchmarks/RESULTS.md).
+            top_up = not lease.topping_up and (not spent or lease.left() < size)
+            if spent and not top_up:
                 return True
-            unused, lease.tokens = lease.tokens, 0
-            taken = self._statement(_LEASE_TOKENS, (*self._bucket(time.time()), self.rate_limit.lease, unused))[0][0]
-            if not taken:
-                return False
-            lease.tokens, lease.until = taken - 1, now + LEASE_SECONDS
-            return True
+            lease.topping_up = lease.topping_up or top_up
+            unused, lease.unused = lease.unused, 0
+        taken = 0
+        try:  # a batch for the lease, or (another thread is taking one, and this one is empty) a token alone
+            bucket = (*self._bucket(time.time()), size if top_up else 1, unused)
+            taken = self._statement(_LEASE_TOKENS, bucket)[0][0]
+        finally:
+            with lease.lock:
+                lease.topping_up = lease.topping_up and not top_up
+                mine = 0 if spent else min(1, taken)
+                if taken > mine:
+                    lease.batches.append([now + LEASE_SECONDS, taken - mine])
+        return spent or bool(mine)
 
     def give_back_tokens(self, n: int) -> None:
         """Put back ``n`` tokens that :meth:`take_token` gave for replies that will go through the outbox after

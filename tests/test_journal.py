@@ -471,10 +471,31 @@ def test_direct_sends_take_their_tokens_a_lease_at_a_time(tmp_path, clock):
     journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # 100/s: burst 100, leases of 10
     assert journal.take_token()
     assert bucket_tokens(journal) == 90  # ten taken in one write
-    assert all(journal.take_token() for _ in range(9))
-    assert bucket_tokens(journal) == 90  # spent from the lease: no write
-    assert journal.take_token()
+    assert journal.take_token()  # 9 held, fewer than a lease: the next ten, before these run out
     assert bucket_tokens(journal) == 80
+    assert all(journal.take_token() for _ in range(8))  # 18 held: 10 left
+    assert bucket_tokens(journal) == 80  # spent from the lease: no write
+    assert journal.take_token()
+    assert bucket_tokens(journal) == 70
+
+
+def test_threads_spend_from_the_lease_while_the_next_batch_is_taken(tmp_path, clock):
+    journal = Journal(tmp_path / "j.sqlite3", rate_limit=RateLimit(6000, 60))  # leases of 10
+    assert all(journal.take_token() for _ in range(10))  # 10 left (of two batches): the next take takes a third
+    spent = []
+    with journal._write_lock:  # ... and waits to write it
+        topping_up = threading.Thread(target=lambda: spent.append(journal.take_token()), daemon=True)
+        topping_up.start()
+        assert wait_for(lambda: journal._waiting, 5)
+        others = [threading.Thread(target=lambda: spent.append(journal.take_token()), daemon=True) for _ in range(3)]
+        for thread in others:
+            thread.start()
+        for thread in others:
+            thread.join(5)
+        assert spent == [True] * 3  # spent from the batch still held, not waiting for the write
+    topping_up.join(5)
+    assert spent == [True] * 4
+    assert bucket_tokens(journal) == 70
 
 
 def test_a_lease_takes_what_the_bucket_holds_and_gives_back_what_it_did_not_spend(tmp_path, clock):
