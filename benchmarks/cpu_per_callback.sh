@@ -3,7 +3,8 @@
 # gunicorn (2 sync workers unless WORKERS says otherwise) with the echo bot against the harness's fake
 # CometChat, wrk for 8 s, then the user and system CPU of gunicorn's processes divided by the callbacks
 # answered, the same by thread (the framework's threads carry their names, bot/threads.py; "python" is
-# gunicorn's: the request side), and the context switches of the workers' threads per callback. Loopback
+# gunicorn's: the request side), and the context switches of the workers' threads per callback (in all
+# and by thread). Loopback
 # only, bounded.
 #
 #   PYTHON=/tmp/benchvenv/bin/python benchmarks/cpu_per_callback.sh          # fake API answering at once
@@ -38,10 +39,14 @@ switches() {  # context switches (voluntary and not) of every thread of gunicorn
     done
     echo "$n"
 }
-by_thread() {  # clock ticks by thread name (handler threads together) over gunicorn's workers
+by_thread() {  # clock ticks and context switches by thread name (handler threads together) over gunicorn's workers
     for pid in $(pgrep -P $GUNICORN); do
-        for task in /proc/"$pid"/task/*; do echo "$(cat "$task"/comm) $(awk '{print $14 + $15}' "$task"/stat)"; done
-    done | awk '{name = $1; sub(/-[0-9]+$/, "", name); ticks[name] += $2} END {for (n in ticks) print n, ticks[n]}' | sort
+        for task in /proc/"$pid"/task/*; do
+            echo "$(cat "$task"/comm) $(awk '{print $14 + $15}' "$task"/stat)" \
+                "$(awk '/ctxt_switches/ {n += $2} END {print n + 0}' "$task"/status)"
+        done
+    done | awk '{name = $1; sub(/-[0-9]+$/, "", name); ticks[name] += $2; cs[name] += $3}
+                END {for (n in ticks) print n, ticks[n], cs[n]}' | sort
 }
 read -r U0 S0 <<<"$(cpu)"
 C0=$(switches)
@@ -57,5 +62,6 @@ HZ=$(getconf CLK_TCK)
 echo "$OUT" | grep -E 'Requests/sec'
 "$PY" -c "print(f'cpu per callback: user {($U1-$U0)*1000/$HZ/$N:.3f} ms, system {($S1-$S0)*1000/$HZ/$N:.3f} ms ({$N} callbacks)')"
 "$PY" -c "print(f'context switches per callback: {($C1-$C0)/$N:.1f}')"
-echo "cpu per callback by thread (threads that ended meanwhile are not counted):"
-join -a 2 -e 0 -o 0,1.2,2.2 "$WORK/threads0" "$WORK/threads1" | awk -v n="$N" -v hz="$HZ" '{printf "  %-16s %6.1f us\n", $1, ($3 - $2) * 1e6 / hz / n}'
+echo "cpu and context switches per callback by thread (threads that ended meanwhile are not counted):"
+join -a 2 -e 0 -o 0,1.2,2.2,1.3,2.3 "$WORK/threads0" "$WORK/threads1" | awk -v n="$N" -v hz="$HZ" \
+    '{printf "  %-16s %6.1f us %5.2f\n", $1, ($3 - $2) * 1e6 / hz / n, ($5 - $4) / n}'
