@@ -4,8 +4,7 @@
 # CometChat, wrk for 8 s, then the user and system CPU of gunicorn's processes divided by the callbacks
 # answered, the same by thread (the framework's threads carry their names, bot/threads.py; "python" is
 # gunicorn's: the request side), and the context switches of the workers' threads per callback (in all
-# and by thread). Loopback
-# only, bounded.
+# and by thread). Loopback only, bounded.
 #
 #   PYTHON=/tmp/benchvenv/bin/python benchmarks/cpu_per_callback.sh          # fake API answering at once
 #   LATENCY_MS=100 benchmarks/cpu_per_callback.sh                            # ... after 100 ms
