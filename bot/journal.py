@@ -275,32 +275,38 @@ class RateLimit:
         return max(1, min(LEASE_MAX, int(self.per_second * LEASE_SECONDS)))
 
 
+@dataclass
+class _Batch:
+    until: float  # time.monotonic() by which its tokens are spent
+    tokens: int  # left
+
+
 @dataclass(eq=False)
 class _Lease:
     """Tokens this process took from the rate limit's bucket for its direct sends (Journal.take_token): in
-    batches, spent oldest first, each before its ``until`` (time.monotonic()); what a batch did not spend by
-    then is ``unused``, given back with the next take."""
+    batches, spent oldest first, each before its ``until``; what a batch did not spend by then is ``unused``,
+    given back with the next take."""
 
     pid: int
-    batches: deque[list[Any]] = field(default_factory=deque)  # [until, tokens left], oldest first
+    batches: deque[_Batch] = field(default_factory=deque)  # oldest first
     unused: int = 0
     topping_up: bool = False  # a thread is taking the next batch
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def spend(self, now: float) -> bool:
         """Spend one token, if a batch holds one still."""
-        while self.batches and self.batches[0][0] <= now:
-            self.unused += self.batches.popleft()[1]
+        while self.batches and self.batches[0].until <= now:
+            self.unused += self.batches.popleft().tokens
         if not self.batches:
             return False
         oldest = self.batches[0]
-        oldest[1] -= 1
-        if not oldest[1]:
+        oldest.tokens -= 1
+        if not oldest.tokens:
             self.batches.popleft()
         return True
 
     def left(self) -> int:
-        return sum(tokens for _, tokens in self.batches)
+        return sum(batch.tokens for batch in self.batches)
 
 
 @dataclass(frozen=True)
@@ -926,7 +932,8 @@ class Journal:
             top_up = not lease.topping_up and (not spent or lease.left() < size)
             if spent and not top_up:
                 return True
-            lease.topping_up = lease.topping_up or top_up
+            if top_up:
+                lease.topping_up = True
             unused, lease.unused = lease.unused, 0
         taken = 0
         try:  # a batch for the lease, or (another thread is taking one, and this one is empty) a token alone
@@ -934,10 +941,11 @@ class Journal:
             taken = self._statement(_LEASE_TOKENS, bucket)[0][0]
         finally:
             with lease.lock:
-                lease.topping_up = lease.topping_up and not top_up
+                if top_up:
+                    lease.topping_up = False
                 mine = 0 if spent else min(1, taken)
                 if taken > mine:
-                    lease.batches.append([now + LEASE_SECONDS, taken - mine])
+                    lease.batches.append(_Batch(now + LEASE_SECONDS, taken - mine))
         return spent or bool(mine)
 
     def give_back_tokens(self, n: int) -> None:
