@@ -485,7 +485,7 @@ def test_shared_token_bucket(redis_url):
     assert 0 < wait() <= 0.5  # empty: the next token in at most half a second
     redis.hset(key, mapping={"tokens": 0, "at": server_time(redis) - 0.5})
     assert wait() == 0.0  # one token came back in the half second, by Redis's clock
-    assert wait() > 0.4
+    assert wait() > 0  # and no more
     ahead = server_time(redis) + 60  # a take written when Redis's clock read a minute later (then stepped back)
     redis.hset(key, mapping={"tokens": 1, "at": ahead})
     assert wait() == 0.0
