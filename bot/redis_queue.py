@@ -20,7 +20,8 @@ How the guarantees are kept, with the engine's own mechanisms:
   dies; RQ moves a job whose worker was killed mid-job out of the started
   registry once its heartbeat lapses (:class:`HeartbeatWorker`, about 20 s)
   and retries it (abandoned-job handling, checked every
-  ``MAINTENANCE_INTERVAL`` s). A reply's muid is
+  ``MAINTENANCE_INTERVAL`` s); one killed after taking a job off the queue but before starting it leaves
+  the job in RQ's intermediate queue, retried after ``STUCK_AFTER`` s (:class:`TakenJobs`). A reply's muid is
   recorded in Redis once CometChat accepted it (with its CometChat id, which
   later edits and form submissions look up), so a job that runs again does
   not send that reply twice; one whose first try was under way when the
@@ -51,7 +52,8 @@ from typing import Any
 from redis import ConnectionPool, Redis, RedisError, WatchError
 from rq import Queue, Retry, SimpleWorker
 from rq.exceptions import StopRequested
-from rq.job import Dependency, Job
+from rq.intermediate_queue import IntermediateQueue
+from rq.job import Dependency, Job, JobStatus
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry, StartedJobRegistry
 from rq.timeouts import TimerDeathPenalty
 
@@ -80,6 +82,12 @@ MAINTENANCE_INTERVAL = 10
 #: timeout + 60 s: 11 minutes of a conversation waiting behind a killed worker's message.)
 HEARTBEAT_EVERY = 5
 HEARTBEAT_TTL = 20
+#: A job taken off the queue by a worker that died before starting it runs again after this long (RQ's own
+#: check waits a minute and more; a live worker starts a job it took within milliseconds).
+STUCK_AFTER = HEARTBEAT_TTL
+#: How long the maintenance lock outlives a worker killed during maintenance (RQ's: 899 s, a quarter of an hour
+#: in which no worker would look for abandoned jobs). Maintenance itself takes milliseconds.
+MAINTENANCE_LOCK_TTL = 60
 #: A reply's ``sent:{muid}`` record while it is being sent (replaced once CometChat accepted it).
 SENDING = json.dumps({"sending": True})
 #: Runs of a job before it counts as failed: its first run plus retries after a crash or a killed worker.
@@ -133,7 +141,7 @@ class RedisDelivery:
     ) -> None:
         self.redis = redis
         self.metrics = metrics or Metrics()
-        self.queue = Queue(QUEUE, connection=self.redis)
+        self.queue = BotQueue(QUEUE, connection=self.redis)
         self.dispatcher = dispatcher
         self.sender = sender
         self.bot_uid = dispatcher.bot_uid
@@ -392,6 +400,70 @@ class RedisDelivery:
             for n in range(threads)
         ]
         return WorkerProcess(workers).run(burst=burst)
+
+
+class BotQueue(Queue):
+    """RQ's Queue, with a prompt recovery of jobs taken by a worker that died before starting them
+    (:class:`TakenJobs`) and a maintenance lock that a killed worker holds for a minute, not a quarter of an hour.
+    """
+
+    @property
+    def intermediate_queue(self) -> TakenJobs:
+        return TakenJobs(self.key, connection=self.connection)
+
+    def acquire_maintenance_lock(self) -> bool:
+        return bool(self.connection.set(self.registry_cleaning_key, 1, nx=True, ex=MAINTENANCE_LOCK_TTL))
+
+
+class TakenJobs(IntermediateQueue):
+    """RQ's intermediate queue: the ids of jobs a worker has taken off the queue (BLMOVE) and not yet started.
+
+    A worker killed between the two leaves its job there, in no registry, and the job's conversation waits
+    behind it. RQ's maintenance runs such a job again once it has been seen there for a minute, going by a
+    first-seen key per job id that outlives the job by a day: a later run of the same job (a retry) caught in
+    that window would count as stuck at once, while a live worker is about to start it. Here instead:
+
+    * a job counts as stuck once every maintenance pass over ``STUCK_AFTER`` s found it there, queued, not
+      started and not back in the queue (a retry), by Redis's clock (workers' clocks may differ);
+    * the times are kept in one hash holding only the jobs found waiting at the last pass;
+    * an entry left behind by a job that has since run (a dead worker's stale copy) is dropped, not run again.
+    """
+
+    @property
+    def waiting_since_key(self) -> str:
+        return f"{self.key}:waiting-since"
+
+    def cleanup(self, worker: Any, queue: Queue) -> None:
+        """One maintenance pass (under the queue's maintenance lock, so one worker at a time)."""
+        seconds, micros = self.connection.time()
+        now = seconds + micros / 1_000_000
+        started = set(queue.started_job_registry.get_job_ids(cleanup=False))
+        since = {key.decode(): float(value) for key, value in self.connection.hgetall(self.waiting_since_key).items()}
+        waiting: dict[str, float] = {}
+        for job_id in dict.fromkeys(self.get_job_ids()):
+            if job_id in started:
+                continue
+            job = queue.fetch_job(job_id)
+            status = job.get_status(refresh=False) if job else None
+            if job is None or status in _FINAL_STATUSES:
+                self.remove(job_id)  # a stale copy: the job has run since
+            elif status != JobStatus.QUEUED or self.connection.lpos(queue.key, job_id) is not None:
+                continue  # abandoned-job handling has it, or a retry of it waits in the queue
+            elif now - since.get(job_id, now) < STUCK_AFTER:
+                waiting[job_id] = since.get(job_id, now)
+            else:
+                log.warning("job %s: its worker died after taking it off the queue; it runs again", job_id)
+                worker.handle_job_failure(job, queue, exc_string="taken off the queue by a worker that died")
+                self.remove(job_id)
+        with self.connection.pipeline() as pipeline:
+            pipeline.delete(self.waiting_since_key)
+            if waiting:
+                pipeline.hset(self.waiting_since_key, mapping=waiting)
+                pipeline.expire(self.waiting_since_key, 3600)
+            pipeline.execute()
+
+
+_FINAL_STATUSES = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
 
 
 class HeartbeatWorker(SimpleWorker):

@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from conftest import BOT_UID
 from redis import Redis
+from rq.executions import Execution
 from rq.registry import StartedJobRegistry
 
 import app as app_module
@@ -31,7 +32,17 @@ from bot.client import LocalSender
 from bot.dispatch import Dispatcher
 from bot.factory import bot_app, build_app
 from bot.journal import RateLimit
-from bot.redis_queue import _TAKE_TOKEN, HEARTBEAT_TTL, PREFIX, SENDING, RedisDelivery
+from bot.redis_queue import (
+    _TAKE_TOKEN,
+    HEARTBEAT_TTL,
+    MAINTENANCE_LOCK_TTL,
+    PREFIX,
+    SENDING,
+    STUCK_AFTER,
+    RedisDelivery,
+    TakenJobs,
+    ThreadWorker,
+)
 from bot.testing import make_callback
 from bots.weather import forecast
 from tests.fakes import GatedCometChat
@@ -531,3 +542,90 @@ def test_a_running_job_keeps_its_heartbeat_alive(redis_url, monkeypatch):
     assert response.status_code == 200
     delivery.work(burst=True)
     assert seen == ["slow one"]
+
+
+# ------------------------------------------------------------------ jobs whose worker died before starting them
+
+
+@pytest.fixture
+def recording(redis_url) -> tuple[RedisDelivery, list[str]]:
+    """A Redis-mode app's delivery whose handler records the texts it ran for."""
+    router, seen = Router(), []
+
+    @router.fallback
+    def record(msg):
+        seen.append(msg.text)
+
+    app = build_app(config.load({"REDIS_URL": redis_url}), [router])
+    for text in ["first", "second"]:  # one conversation: "second" waits for "first"
+        assert app.test_client().post("/cometchat/callback", json=make_callback(text)).status_code == 200
+    return bot_app(app).delivery, seen
+
+
+def take(delivery: RedisDelivery) -> str:
+    """Take the next job off the queue as RQ's dequeue does (BLMOVE into the intermediate queue), and no more:
+    what a worker killed before it started the job leaves behind."""
+    return delivery.redis.lmove(delivery.queue.key, delivery.queue.intermediate_queue_key).decode()
+
+
+def maintain(delivery: RedisDelivery, *, later: float = 0.0) -> None:
+    """One of RQ's maintenance passes, ``later`` s after the jobs waiting there were first found."""
+    taken = TakenJobs(delivery.queue.key, delivery.redis)
+    for job_id, since in delivery.redis.hgetall(taken.waiting_since_key).items():
+        delivery.redis.hset(taken.waiting_since_key, job_id, float(since) - later)
+    ThreadWorker([delivery.queue], connection=delivery.redis).clean_registries()
+
+
+def taken(delivery: RedisDelivery) -> list[str]:
+    return [job_id.decode() for job_id in delivery.redis.lrange(delivery.queue.intermediate_queue_key, 0, -1)]
+
+
+def test_a_job_taken_by_a_worker_that_died_before_starting_it_runs_again(recording):
+    """RQ itself would run it again only after a minute and more, the conversation waiting behind it."""
+    delivery, seen = recording
+    job_id = take(delivery)
+    maintain(delivery)
+    assert (taken(delivery), delivery.queue.get_job_ids()) == ([job_id], [])  # a live worker starts it any moment
+    maintain(delivery, later=STUCK_AFTER - 2)
+    assert (taken(delivery), delivery.queue.get_job_ids()) == ([job_id], [])
+    maintain(delivery, later=3)
+    assert (taken(delivery), delivery.queue.get_job_ids()) == ([], [job_id])
+    delivery.work(burst=True)
+    assert seen == ["first", "second"]
+
+
+def test_a_started_job_is_left_to_its_worker(recording):
+    delivery, _ = recording
+    job_id = take(delivery)
+    job = delivery.queue.fetch_job(job_id)
+    with delivery.redis.pipeline() as pipeline:  # what the worker does next (rq.executions.prepare_execution)
+        Execution.create(job, HEARTBEAT_TTL, pipeline=pipeline)
+        pipeline.execute()
+    maintain(delivery)
+    maintain(delivery, later=STUCK_AFTER + 1)
+    assert (taken(delivery), delivery.queue.get_job_ids()) == ([job_id], [])
+
+
+def test_a_stale_copy_of_a_job_waiting_in_the_queue_does_not_run_it_twice(recording):
+    """A worker killed after it started a job leaves the job's id in the intermediate queue too; RQ's
+    abandoned-job handling puts the job back in the queue (a retry)."""
+    delivery, seen = recording
+    [job_id] = delivery.queue.get_job_ids()
+    delivery.redis.rpush(delivery.queue.intermediate_queue_key, job_id)
+    maintain(delivery)
+    maintain(delivery, later=STUCK_AFTER + 1)
+    assert delivery.queue.get_job_ids() == [job_id]
+    delivery.work(burst=True)
+    assert seen == ["first", "second"]
+    maintain(delivery)
+    assert taken(delivery) == []  # the job has run: its stale copy is dropped, not run again
+    delivery.work(burst=True)
+    assert seen == ["first", "second"]
+
+
+def test_a_worker_killed_during_maintenance_holds_its_lock_a_minute(redis_url):
+    """Maintenance (abandoned and stuck jobs) is skipped while the lock is held; RQ's lasts 899 s."""
+    queue = RedisDelivery(Redis.from_url(redis_url), Dispatcher(Router()), LocalSender()).queue
+    assert queue.acquire_maintenance_lock()
+    assert not queue.acquire_maintenance_lock()
+    assert 0 < queue.connection.ttl(queue.registry_cleaning_key) <= MAINTENANCE_LOCK_TTL
