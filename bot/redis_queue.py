@@ -449,8 +449,8 @@ class TakenJobs(IntermediateQueue):
                 self.remove(job_id)  # a stale copy: the job has run since
             elif status != JobStatus.QUEUED or self.connection.lpos(queue.key, job_id) is not None:
                 continue  # abandoned-job handling has it, or a retry of it waits in the queue
-            elif now - since.get(job_id, now) < STUCK_AFTER:
-                waiting[job_id] = since.get(job_id, now)
+            elif now - (first_found := since.get(job_id, now)) < STUCK_AFTER:
+                waiting[job_id] = first_found
             else:
                 log.warning("job %s: its worker died after taking it off the queue; it runs again", job_id)
                 worker.handle_job_failure(job, queue, exc_string="taken off the queue by a worker that died")
