@@ -40,7 +40,6 @@ from bot.redis_queue import (
     SENDING,
     STUCK_AFTER,
     RedisDelivery,
-    TakenJobs,
     ThreadWorker,
 )
 from bot.testing import make_callback
@@ -570,9 +569,9 @@ def take(delivery: RedisDelivery) -> str:
 
 def maintain(delivery: RedisDelivery, *, later: float = 0.0) -> None:
     """One of RQ's maintenance passes, ``later`` s after the jobs waiting there were first found."""
-    taken = TakenJobs(delivery.queue.key, delivery.redis)
-    for job_id, since in delivery.redis.hgetall(taken.waiting_since_key).items():
-        delivery.redis.hset(taken.waiting_since_key, job_id, float(since) - later)
+    key = delivery.queue.intermediate_queue.waiting_since_key
+    for job_id, since in delivery.redis.hgetall(key).items():
+        delivery.redis.hset(key, job_id, float(since) - later)
     ThreadWorker([delivery.queue], connection=delivery.redis).clean_registries()
 
 
