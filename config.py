@@ -56,6 +56,7 @@ VARIABLES: dict[str, tuple[str, Callable[[str], Any]]] = {
     "COMETCHAT_RATE_LIMIT": ("rate_limit", str),
     "DRAIN_TIMEOUT": ("drain_timeout", float),
     "SHARE_WORK": ("share_work", _bool),
+    "QUICK_HANDLER_MS": ("quick_handler_ms", float),
     "REDIS_URL": ("redis_url", str),
     "WORKER_THREADS": ("worker_threads", int),
     "WORKER_METRICS": ("worker_metrics", str),

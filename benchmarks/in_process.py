@@ -126,6 +126,7 @@ def main() -> None:
             EnvironBuilder(
                 path=path, method="POST", data=payloads.render("cometchat", "9", n, tag).encode(),
                 headers={"Authorization": auth, "Content-Type": "application/json"},
+                multithread=args.threads > 1,  # as gunicorn's gthread workers say (bot/quick.py)
             ).get_environ()
             for n in range(args.callbacks + 1)
         ]  # fmt: skip

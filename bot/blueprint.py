@@ -4,7 +4,10 @@
   bot. The view does only what must happen before the answer: Basic auth,
   content type, size, JSON, schema, the screen (own messages, other bots),
   and the hand-off of the :class:`Message` to ``submit`` (the pipeline
-  journals it; handlers run after the answer).
+  journals it; handlers run after the answer). Under a threaded server the
+  pipeline may give the request thread work for after the answer (a quick
+  route's handler, bot/quick.py): it runs when the server closes the
+  response, once the answer is sent.
 * The interaction endpoint (``INTERACTIONS_PATH``): the users' UI kits post
   here when someone submits a form or clicks a card button the bot sent
   (bot/interactions.py). It is called from browsers on the customer's site,
@@ -38,7 +41,8 @@ from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-#: Takes an accepted message and the body to keep (``dedup_ttl=`` optional); returns "accepted" or "duplicate".
+#: Takes an accepted message and the body to keep (``dedup_ttl=`` and ``defer=`` optional: see
+#: bot.pipeline.Pipeline.submit); returns "accepted" or "duplicate".
 Submit = Callable[..., str]
 #: ``sent(muid)``: the record of a delivered reply (its CometChat id and body), or None.
 SentLookup = Callable[[str], object]
@@ -69,11 +73,18 @@ def create_blueprint(settings: Settings, dispatcher: Dispatcher, submit: Submit,
             g.callback_outcome = "ignored"
             return jsonify(status="ignored", reason=reason)
         assert cb.message is not None  # screen() passes only callbacks with a message
-        status = submit(cb.message, data)
+        after_answer: list[Callable[[], None]] = []
+        # Only a threaded server's request thread takes work after its answer (a sync worker's would hold off the
+        # next callback; Flask's test client is not threaded either).
+        defer = after_answer.append if request.environ.get("wsgi.multithread") else None
+        status = submit(cb.message, data, defer=defer)
         if status == "duplicate":
             log.info("message %s in %s: delivered again; already accepted", cb.message.id, cb.message.conversation_id)
         g.callback_outcome = status
-        return _answer(status, cb.message.id)
+        response = _answer(status, cb.message.id)
+        for work in after_answer:
+            response.call_on_close(work)  # called by the server once the answer is sent (PEP 3333's close())
+        return response
 
     return bp
 

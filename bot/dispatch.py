@@ -3,7 +3,8 @@
 :meth:`Dispatcher.screen` decides, cheaply and before anything is queued,
 whether a callback is handled at all (the bot's own messages, callbacks for
 another bot, unknown categories are not). :meth:`Dispatcher.handle` finds the
-route, runs the ``before`` hooks, the handler and the ``after`` hooks, turns
+route (:meth:`Dispatcher.route`, which the delivery may call first to choose a
+thread for it), runs the ``before`` hooks, the handler and the ``after`` hooks, turns
 what comes back into requests and hands them, in order, to ``deliver`` (the
 delivery pipeline's, or a list in tests); then it saves the conversation
 state the handler changed. A handler that raises is logged with its
@@ -65,6 +66,22 @@ class Outcome:
         return fields
 
 
+@dataclass(frozen=True)
+class Routed:
+    """A message and the route that takes it (:meth:`Dispatcher.route`): what :meth:`Dispatcher.handle` runs."""
+
+    msg: Message  # with its state session
+    resolution: Resolution | None  # None: no handler runs, ``status`` says why
+    status: str  # "" when a route takes it, else "unmatched", "loop_guard" or "handler_error" (a filter raised)
+    code: str  # the error's class when a filter raised
+    seconds: float  # spent routing
+
+    @property
+    def handler(self) -> str:
+        """The route's name ("" when none takes the message)."""
+        return self.resolution.route.name if self.resolution is not None else ""
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -113,10 +130,32 @@ class Dispatcher:
             return "1:1 message not addressed to the bot"
         return ""
 
+    def route(self, msg: Message) -> Routed:
+        """The first half of :meth:`handle`: the route that takes ``msg`` (after the loop guard), nothing run yet.
+
+        The delivery looks at the route before it decides which thread runs
+        it (bot/quick.py); :meth:`handle` takes the result. The loop guard
+        counts the message here, so a message is routed once.
+        """
+        started = time.perf_counter()
+        if self.state is not None:
+            msg = msg.with_(_states=StateSession(self.state, msg, ttl=self.state_ttl))
+        resolution, status, code = None, "unmatched", ""
+        if self.loop_guard is not None and not self.loop_guard.admits(msg):
+            status = "loop_guard"  # bots answering each other: this one stops here
+        else:
+            try:
+                resolution = self.router.resolve(msg)
+            except Exception as error:  # a filter is user code too (a predicate, a router's own filter)
+                log.exception("message %s in %s: a filter raised while routing", msg.id, msg.conversation_id)
+                status, code = "handler_error", type(error).__name__
+        return Routed(msg, resolution, "" if resolution is not None else status, code, time.perf_counter() - started)
+
     def handle(
-        self, msg: Message, deliver: Deliver | None = None, *, flush: Callable[[], None] | None = None
+        self, msg: Message | Routed, deliver: Deliver | None = None, *, flush: Callable[[], None] | None = None
     ) -> Outcome:
-        """Run the handler for ``msg`` and hand the requests it causes to ``deliver``, in order.
+        """Run the handler for ``msg`` (or a message :meth:`route` routed) and hand the requests it causes to
+        ``deliver``, in order.
 
         The state the handler changed is saved after its replies went out, so
         that a re-run after a crash starts from the state they answered: a
@@ -129,23 +168,16 @@ class Dispatcher:
         if deliver is None:
             raise TypeError("Dispatcher.handle needs a deliver function")
         started = time.perf_counter()
-        if self.state is not None:
-            msg = msg.with_(_states=StateSession(self.state, msg, ttl=self.state_ttl))
-        handler, status, sent, code = "", "unmatched", 0, ""
-        if self.loop_guard is not None and not self.loop_guard.admits(msg):
-            status = "loop_guard"  # bots answering each other: this one stops here
-        else:
-            try:
-                resolution = self.router.resolve(msg)
-            except Exception as error:  # a filter is user code too (a predicate, a router's own filter)
-                log.exception("message %s in %s: a filter raised while routing", msg.id, msg.conversation_id)
-                resolution, status, code = None, "handler_error", type(error).__name__
-            if resolution is not None:
-                handler = resolution.route.name
-                status, sent, code = self._handle(msg, resolution, deliver, msg._states, flush)
-                if sent and self.loop_guard is not None:
-                    self.loop_guard.answered(msg)
-        outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, time.perf_counter() - started, code)
+        routed = msg if isinstance(msg, Routed) else self.route(msg)
+        routing = routed.seconds if routed is msg else 0.0  # (else already in this call's time)
+        msg = routed.msg
+        handler, status, sent, code = routed.handler, routed.status, 0, routed.code
+        if routed.resolution is not None:
+            status, sent, code = self._handle(msg, routed.resolution, deliver, msg._states, flush)
+            if sent and self.loop_guard is not None:
+                self.loop_guard.answered(msg)
+        seconds = time.perf_counter() - started + routing
+        outcome = Outcome(msg.id, msg.conversation_id, handler, status, sent, seconds, code)
         level = logging.INFO if status in ("replied", "no_reply", "unmatched", "dropped") else logging.WARNING
         if (self.log_messages or level > logging.INFO) and log.isEnabledFor(level):
             log.log(

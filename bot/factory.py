@@ -140,6 +140,7 @@ def _delivery(
         max_in_flight=settings.max_in_flight,
         drain_timeout=settings.drain_timeout,
         sharing=SharingOptions(enabled=settings.share_work),
+        quick_handler=settings.quick_handler_ms / 1000,
     )
     dispatcher = _dispatcher(settings, router, SqliteStateStore(journal), tokens)
     return Pipeline(journal, dispatcher, sender, retry=retry, options=options, metrics=metrics)

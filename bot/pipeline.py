@@ -1,7 +1,10 @@
 """The embedded delivery pipeline: acknowledge at once, handle and send in the background.
 
 The request thread records the callback in the :class:`~bot.journal.Journal`
-and returns; nothing slow happens before the 200. Then, per process:
+and returns; nothing slow happens before the 200. (Under a threaded server
+the request thread then routes the message once the answer is out, and does
+a handler thread's work itself if the route has been quick: bot/quick.py.)
+Then, per process:
 
 * handler threads run the dispatcher for a message. The replies its handler
   returned are handed, in order, to the sender's transfer thread
@@ -41,6 +44,7 @@ connections in one process).
 from __future__ import annotations
 
 import atexit
+import functools
 import logging
 import math
 import queue
@@ -55,11 +59,12 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from .api import SendRequest
 from .client import RetryPolicy, Sender, already_delivered, perform, remember_sent, resolve_ref
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, Routed
 from .errors import CometChatError, DeliveryUnavailable, UnknownReference
 from .journal import Depth, InboxItem, Journal, OutboxItem
 from .message import Message
 from .metrics import Metrics
+from .quick import ANSWER_GRACE, Answering, QuickRoutes
 from .schemas import parse_stored
 from .sharing import Sharing, SharingOptions
 from .threads import current_pid, start_background
@@ -86,6 +91,9 @@ class PipelineOptions:
     # takes many (Pipeline._finish_loop says what that buys); a message arriving after a quiet spell goes at once.
     finish_interval: float = 0.02
     sharing: SharingOptions = field(default_factory=SharingOptions)  # a busy process's messages, handled elsewhere
+    # Seconds: a route whose recent runs each took less runs on the thread that answered (bot/quick.py); 0: never.
+    quick_handler: float = 0.01
+    answer_grace: float = ANSWER_GRACE  # a message its answering thread did not take by then goes to a handler thread
 
 
 class Pipeline:
@@ -113,6 +121,7 @@ class Pipeline:
         self.bot_uid = dispatcher.bot_uid
         self.stats = _Stats()
         self.sharing = Sharing(journal, self.options.sharing)
+        self.quick = QuickRoutes(self.options.quick_handler)
         self._pid: int | None = None
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
@@ -127,7 +136,10 @@ class Pipeline:
         self._starved_senders = False
         self._retry_at = math.inf
         self._claimed_at = -math.inf  # when the claimer last claimed messages (time.monotonic())
-        self._handlers: _Pool[tuple[InboxItem, Message | None]] = _Pool("bot-handler", 0, self._handler_work)
+        self._handlers: _Pool[_HandlerWork] = _Pool("bot-handler", 0, self._handler_work)
+        # Accepted messages whose request thread takes them once its answer is out (bot/quick.py).
+        self._answering: Answering[tuple[InboxItem, Message]] = Answering()
+        self._warned_unclosed = False
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._in_flight = 0  # messages whose replies are being posted after their handler returned
         # Messages whose replies are in, for the finisher thread to take out of the inbox (several per transaction).
@@ -148,6 +160,7 @@ class Pipeline:
             self._stopping = self._closed = False
             self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._finished.clear()  # after a fork: the parent's, not this process's
+            self._answering = Answering()
             self.sharing = Sharing(self.journal, self.options.sharing)  # after a fork: not the parent's rates
             self._drain_now.clear()
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
@@ -210,7 +223,8 @@ class Pipeline:
         return drained
 
     def _give_back_unstarted(self, *, replies: bool) -> None:
-        inbox = [item for item, _ in self._handlers.take_queued()]
+        waiting = self._handlers.take_queued() + self._answering.take_all()
+        inbox = [item for item, _ in waiting]
         outbox = self._senders.take_queued() if replies else []
         if inbox or outbox:
             self.journal.release(inbox, outbox)
@@ -219,10 +233,19 @@ class Pipeline:
 
     # ------------------------------------------------------------ intake (request thread)
 
-    def submit(self, msg: Message, body: bytes, *, dedup_ttl: float | None = None) -> str:
+    def submit(
+        self,
+        msg: Message,
+        body: bytes,
+        *,
+        dedup_ttl: float | None = None,
+        defer: Callable[[Callable[[], None]], None] | None = None,
+    ) -> str:
         """Journal an accepted callback (or submission); returns "accepted" or "duplicate". Handling happens later.
 
-        ``dedup_ttl`` overrides how long the message id is remembered against a redelivery.
+        ``dedup_ttl`` overrides how long the message id is remembered against a redelivery. ``defer`` (a
+        threaded server's request thread: the blueprint) takes work to run on this thread once the answer is
+        out: there the message is routed, and handled if its route is quick (bot/quick.py).
         """
         if self._pid != current_pid():
             self.start()
@@ -240,7 +263,11 @@ class Pipeline:
             self._release_handler_slot(int(claim))
             raise
         if isinstance(result, InboxItem):
-            self._handlers.put((result, msg))
+            if defer is not None and self.quick.limit > 0:
+                self._answering.add(result.seq, (result, msg))
+                defer(functools.partial(self._after_answer, result.seq))
+            else:
+                self._handlers.put((result, msg))
             return "accepted"
         if leave:
             if result is True:  # journaled, unclaimed (False: a duplicate)
@@ -272,9 +299,34 @@ class Pipeline:
 
     # ------------------------------------------------------------ handlers
 
-    def _handler_work(self, entry: tuple[InboxItem, Message | None]) -> None:
+    def _after_answer(self, seq: int) -> None:
+        """On the thread that answered the callback, once the answer is out: the message is routed, and handled
+        here if its route has been quick; else a handler thread takes it."""
+        entry = self._answering.take(seq)
+        if entry is None:
+            return  # stop() gave it back, or the claimer handed it on (the server did not close the answer in time)
+        item, msg = entry
+        try:
+            routed = self.dispatcher.route(msg)
+        except Exception:  # the loop guard's state could not be read: a handler thread routes it again
+            log.exception("message %s in %s: routing failed; a handler thread tries again", msg.id, item.conversation)
+            self._handlers.put((item, msg))
+            return
+        # With max_in_flight reached, replies are posted by the handling thread, blocking: not a request thread.
+        if self.quick.admits(routed.handler) and self._in_flight < self.options.max_in_flight:
+            self._handler_work((item, routed), answering=True)
+        else:
+            self._handlers.put((item, routed))
+
+    def _handler_work(self, entry: _HandlerWork, *, answering: bool = False) -> None:
+        """Handle a message, then the next ones of its lane that finishing it claimed for this process.
+
+        ``answering``: this is the request thread that answered the message's callback (a quick route); the
+        lane's next message, whose route may be slow, goes to a handler thread with the slot.
+        """
         item: InboxItem | None
         item, msg = entry
+        slot_handed_on = False
         try:
             while item is not None:  # a finished message hands its lane's next one to this thread
                 item = self._handle(item, msg)
@@ -282,12 +334,17 @@ class Pipeline:
                 if item is not None and self._stopping:
                     self.journal.release([item])  # not started: the next start (or another process) takes it
                     item = None
+                elif item is not None and answering:
+                    self._handlers.put((item, None))
+                    slot_handed_on = True
+                    return
         except Exception:
-            log.exception("handler thread: journal error; the message stays in the journal")
+            log.exception("handling: journal error; the message stays in the journal")
         finally:
-            self._release_handler_slot()
+            if not slot_handed_on:
+                self._release_handler_slot()
 
-    def _handle(self, item: InboxItem, msg: Message | None) -> InboxItem | None:
+    def _handle(self, item: InboxItem, msg: Message | Routed | None) -> InboxItem | None:
         if item.attempts > MAX_HANDLER_ATTEMPTS:
             log.error(
                 "message %s in %s: its handler stopped the process %d times; dead-lettered",
@@ -307,6 +364,7 @@ class Pipeline:
             finally:
                 self._current.handling = None
                 self._running.discard(handling)
+            self.quick.ran(outcome.handler, outcome.seconds)
             self.stats.count(outcome.status)
             self.metrics.handled(outcome)
             if handling.chain:
@@ -579,6 +637,7 @@ class Pipeline:
                 else:
                     self.sharing.tick()
                 self._claim()
+                self._take_unclosed()
                 now = time.monotonic()
                 if now - last_checkpoint >= 1.0:
                     last_checkpoint = now
@@ -595,6 +654,18 @@ class Pipeline:
                     self._log_stats()
             except Exception:
                 log.exception("claimer: journal error")
+
+    def _take_unclosed(self) -> None:
+        """Messages whose request thread never came back for them after the answer go to handler threads."""
+        for item, msg in self._answering.take_overdue(self.options.answer_grace):
+            if not self._warned_unclosed:
+                self._warned_unclosed = True
+                log.warning(
+                    "message %s in %s: the server did not close the callback's answer within %g s (a WSGI server "
+                    "or middleware that does not call close()?); handler threads take such messages",
+                    item.message_id, item.conversation, self.options.answer_grace,
+                )  # fmt: skip
+            self._handlers.put((item, msg))
 
     def _sleep_time(self) -> float:
         """Until the next retry we know of comes due (or a rate-limit token), at most ``poll_interval``.
@@ -717,6 +788,10 @@ class Pipeline:
             depth.inbox, depth.inbox_running, depth.outbox, depth.outbox_waiting_retry, depth.dead_letters,
             stats["sent"], stats["p50_ms"], stats["p99_ms"], stats["left"],
         )  # fmt: skip
+
+
+#: A message for a handler thread: parsed (or routed) already, or None to parse it from the journal's copy.
+_HandlerWork = tuple[InboxItem, Message | Routed | None]
 
 
 @dataclass(eq=False)

@@ -46,6 +46,7 @@ import signal
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -153,8 +154,11 @@ class RedisDelivery:
 
     # ------------------------------------------------------------ web side
 
-    def submit(self, msg: Message, body: bytes, *, dedup_ttl: float | None = None) -> str:
-        """Deduplicate and enqueue; returns "accepted" or "duplicate"."""
+    def submit(
+        self, msg: Message, body: bytes, *, dedup_ttl: float | None = None, defer: Callable[..., None] | None = None
+    ) -> str:
+        """Deduplicate and enqueue; returns "accepted" or "duplicate". (``defer`` is not used: RQ workers handle
+        every message.)"""
         try:
             return self._enqueue(msg, body, self.dedup_ttl if dedup_ttl is None else max(1, int(dedup_ttl)))
         except RedisError as exc:

@@ -60,6 +60,7 @@ class Settings:
     rate_limit: str = ""  # e.g. "500/min" (CometChat's free plan): paces sends across processes
     drain_timeout: float = 8.0  # on shutdown, seconds to let running work finish
     share_work: bool = True  # an idle process handles messages a busy one accepted (bot/sharing.py)
+    quick_handler_ms: float = 10.0  # a route this quick runs on the answering thread (bot/quick.py); 0: never
     redis_url: str = ""  # set: scale out on Redis + RQ workers instead of the embedded journal
     worker_threads: int = 8  # Redis mode: messages handled at once per RQ worker process
     worker_metrics: str = ""  # Redis mode: "HOST:PORT" where each RQ worker process serves /metrics ("": none)
@@ -110,6 +111,8 @@ class Settings:
             problems.append("HANDLER_THREADS, SENDER_THREADS, MAX_IN_FLIGHT and WORKER_THREADS must be at least 1")
         if self.dedup_ttl < 0:
             problems.append("DEDUP_TTL must not be negative")
+        if self.quick_handler_ms < 0:
+            problems.append("QUICK_HANDLER_MS must not be negative (0 turns quick routes off)")
         if self.log_level.upper() not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
             problems.append(f"LOG_LEVEL must be DEBUG, INFO, WARNING, ERROR or CRITICAL (got {self.log_level!r})")
         if self.redis_url and not self.redis_url.startswith(("redis://", "rediss://", "unix://")):

@@ -10,12 +10,15 @@ import base64
 import io
 import json
 import logging
+import threading
 
 import pytest
 from pytest_httpserver import HTTPServer
 
 import app as app_module
 from bot.factory import bot_app
+from bot.quick import QuickRoutes
+from bot.testing import make_callback
 from bots.help import HELP
 from bots.weather import forecast
 from tests.conftest import API_KEY, BOT_UID, INVALID_PAYLOADS, PASSWORD, PAYLOADS, USERNAME
@@ -424,3 +427,31 @@ def test_a_rate_limited_reply_is_sent_again_after_retry_after(post, payload, htt
     first, second = sent(httpserver, live_app)
     assert first.get_data() == second.get_data()  # the same reply, same muid
     assert json.loads(second.get_data())["data"]["text"] == forecast("Paris", "tomorrow")
+
+
+# ------------------------------------------------------------------ threaded servers
+
+
+def test_under_a_threaded_server_the_message_waits_for_the_answer_to_be_closed(live_app, basic_auth, fake_api):
+    """A threaded server's request thread routes the message, and runs a quick route's handler, inside the
+    server's close() of the answer (bot/quick.py): not before."""
+    bot, ran_on = bot_app(live_app), []
+    bot.router.on_command("where")(lambda msg: ran_on.append(threading.current_thread().name) or "here")
+    bot.delivery.quick = QuickRoutes(limit=1.0, runs=0)  # every route counts as quick
+    body = json.dumps(make_callback("/where", sender="alice", bot=BOT_UID))
+    headers = {"Content-Type": "application/json", **basic_auth}
+    response = live_app.test_client().post(
+        CALLBACK, data=body, headers=headers, environ_overrides={"wsgi.multithread": True}
+    )
+    assert response.status_code == 200 and response.get_json()["status"] == "accepted"
+    depth = bot.delivery.depth()
+    assert (ran_on, depth.inbox, depth.inbox_running) == ([], 1, 1)  # claimed, waiting for its request thread
+    response.close()  # what the server does once the answer is sent
+    assert ran_on == [threading.current_thread().name]  # run inside close()
+    assert [body["data"]["text"] for body in sent_bodies(fake_api, live_app)] == ["here"]
+
+
+def test_without_a_threaded_server_the_answer_need_not_be_closed(post, fake_api, live_app):
+    response = post(make_callback("/help", sender="alice", bot=BOT_UID))
+    assert response.status_code == 200
+    assert [body["data"]["text"] for body in sent_bodies(fake_api, live_app)] == [HELP]  # response never closed

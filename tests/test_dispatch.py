@@ -10,7 +10,9 @@ from bot import Image, Router
 from bot.api import SendRequest
 from bot.dispatch import Dispatcher
 from bot.errors import Forbidden, ServerError
+from bot.loop_guard import LoopGuard
 from bot.schemas import parse_callback
+from bot.state import MemoryStateStore
 from bot.testing import make_callback, make_message
 
 BOT = "bot"  # make_callback's default bot uid
@@ -325,3 +327,57 @@ def test_muids_are_the_same_when_a_message_is_handled_again(sent, dispatch):
 def test_msg_reply_outside_a_handler_is_an_error():
     with pytest.raises(RuntimeError, match="inside a handler"):
         make_message("x").reply("nobody sends this")
+
+
+# ------------------------------------------------------------------ route, then handle
+
+
+def test_a_routed_message_is_handled_as_the_message_itself_would_be(dispatch, sent):
+    router = Router()
+
+    @router.fallback
+    def echo(msg):
+        return f"echo {msg.text}"
+
+    dispatcher = dispatch(router)
+    msg = make_message("hi")
+    routed = dispatcher.route(msg)
+    assert (routed.handler, routed.status, sent) == (f"{__name__}.{echo.__qualname__}", "", [])
+    routed_outcome, direct_outcome = dispatcher.handle(routed), dispatcher.handle(msg)
+    assert texts(sent) == ["echo hi", "echo hi"]
+    assert (routed_outcome.handler, routed_outcome.status) == (direct_outcome.handler, direct_outcome.status)
+    assert routed_outcome.seconds >= routed.seconds > 0  # the routing's time counts
+
+
+def never(msg):
+    raise AssertionError("no handler should run")
+
+
+@pytest.mark.parametrize(
+    ("router", "status", "code"),
+    [
+        (Router, "unmatched", ""),
+        (lambda: Router(filters=[lambda msg: 1 / 0]), "handler_error", "ZeroDivisionError"),
+    ],
+    ids=["no-route-takes-it", "a-filter-raises"],
+)
+def test_a_message_no_route_takes_is_routed_to_nothing(router, status, code, dispatch, sent):
+    router = router()
+    router.on_command("help")(never)
+    routed = dispatch(router).route(make_message("hi"))
+    outcome = dispatch(router).handle(routed)
+    assert (routed.resolution, routed.handler, routed.status, routed.code) == (None, "", status, code)
+    assert (outcome.status, outcome.error_code, sent) == (status, code, [])
+
+
+def test_the_loop_guard_counts_a_routed_message_once(sent):
+    state = MemoryStateStore()
+    guard = LoopGuard(state, limit=2, known_bots=("otherbot",))
+    router = Router()
+    router.fallback(lambda msg: "answer")
+    dispatcher = Dispatcher(router, sent.append, bot_uid=BOT, state=state, loop_guard=guard)
+    statuses = []
+    for n in range(3):
+        routed = dispatcher.route(make_message(f"ping {n}", sender="otherbot"))
+        statuses.append(dispatcher.handle(routed).status)
+    assert statuses == ["replied", "replied", "loop_guard"]  # counted once per message, not per call

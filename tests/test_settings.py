@@ -54,6 +54,8 @@ def test_local_mode_without_credentials():
         ({"WORKER_METRICS": "0.0.0.0:99999"}, "WORKER_METRICS"),
         ({"JOURNAL_SYNC": "sometimes"}, "JOURNAL_SYNC"),
         ({"SHARE_WORK": "sometimes"}, "SHARE_WORK"),
+        ({"QUICK_HANDLER_MS": "-1"}, "QUICK_HANDLER_MS"),
+        ({"QUICK_HANDLER_MS": "fast"}, "QUICK_HANDLER_MS"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL"),
         ({"LOG_FORMAT": "xml"}, "LOG_FORMAT"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL"),
@@ -91,3 +93,11 @@ def test_settings_are_frozen():
 def test_share_work_reaches_the_pipeline(environ, enabled, tmp_path):
     app = app_module.create_app({**environ, "JOURNAL_PATH": str(tmp_path / "journal.sqlite3")})
     assert bot_app(app).delivery.sharing.options.enabled is enabled
+
+
+@pytest.mark.parametrize(
+    ("environ", "limit"), [({}, 0.01), ({"QUICK_HANDLER_MS": "2.5"}, 0.0025), ({"QUICK_HANDLER_MS": "0"}, 0)]
+)
+def test_quick_handler_ms_reaches_the_pipeline(environ, limit, tmp_path):
+    app = app_module.create_app({**environ, "JOURNAL_PATH": str(tmp_path / "journal.sqlite3")})
+    assert bot_app(app).delivery.quick.limit == limit
