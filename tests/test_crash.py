@@ -38,10 +38,11 @@ def fake() -> Iterator[GatedCometChat]:
 
 
 class Gunicorn:
-    def __init__(self, env: dict[str, str], log: Path) -> None:
+    def __init__(self, env: dict[str, str], log: Path, workers: tuple[str, ...] = ("-w", "2")) -> None:
         self.log = log
+        self.workers = int(workers[workers.index("-w") + 1])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-w", "2", "-b", "127.0.0.1:0", "--graceful-timeout", "10",
+            [sys.executable, "-m", "gunicorn", *workers, "-b", "127.0.0.1:0", "--graceful-timeout", "10",
              "--log-level", "info", "app:create_app()"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
         )  # fmt: skip
@@ -54,7 +55,7 @@ class Gunicorn:
             text = self.log.read_text(errors="replace")
             found = re.findall(r"Listening at: (http://127\.0\.0\.1:\d+)", text)
             booted = len(re.findall(r"Booting worker", text))
-            if found and booted >= 2 * len(found):  # this start's workers are up
+            if found and booted >= self.workers * len(found):  # this start's workers are up
                 return found[-1]
             if self.proc.poll() is not None:
                 raise AssertionError(f"gunicorn exited: {text[-2000:]}")
@@ -139,6 +140,34 @@ def test_kill_9_loses_nothing_and_keeps_each_conversations_order(fake, env, tmp_
     log = tmp_path / "gunicorn.log"
     assert_each_reply_once_in_order(kill_9_mid_delivery_then_restart(fake, env, log, messages), messages, 4)
     assert "recovered" in log.read_text()
+
+
+def test_kill_9_with_gthread_workers_running_quick_routes_loses_nothing(fake, env, tmp_path):
+    """gthread workers (the Procfile's) run a quick route's handler on the request thread once the answer is sent
+    (bot/quick.py): a kill -9 then loses nothing either, and sends nothing twice. (One worker, so that the
+    warm-up makes the route quick in the process that then takes the messages.)"""
+    log = tmp_path / "gunicorn.log"
+    gthread = ("-w", "1", "-k", "gthread", "--threads", "8")
+    server = Gunicorn(env, log, gthread)
+    fake.gate.set()
+    warm_up = [make_callback(f"/weather Warm{n}", sender=f"warm{n}", bot=BOT_UID) for n in range(40)]
+    assert [server.post(body) for body in warm_up] == [200] * len(warm_up)
+    assert wait_for(lambda: len(fake.texts()) == len(warm_up), 20)
+    assert "now runs on the thread that answered the callback" in log.read_text()  # the route is quick
+    fake.gate.clear()
+    messages = conversation_messages(n_users=4, per_user=5)
+    try:
+        assert [server.post(body) for _, body, _ in messages] == [200] * len(messages)
+        assert wait_for(lambda: fake.attempts >= len(warm_up) + 4, 20), "replies should be in flight"
+    finally:
+        server.kill_all()
+    fake.gate.set()
+    second = Gunicorn(env, log, gthread)
+    try:
+        assert wait_for(lambda: len(fake.texts()) >= len(warm_up) + len(messages), 60), log.read_text()[-3000:]
+    finally:
+        second.terminate()
+    assert_each_reply_once_in_order(fake.texts()[len(warm_up) :], messages, 4)
 
 
 def test_a_reply_cometchat_took_before_a_kill_9_is_not_sent_again(env, tmp_path):
