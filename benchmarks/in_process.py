@@ -15,6 +15,11 @@ process's CPU per callback (user + system; the system part apart), the
 request side's share (what the framework's ``bot-*`` threads did not use),
 each ``bot-*`` thread's, and context switches per callback.
 
+With more than one request thread the environ says the server is threaded
+(``wsgi.multithread``), as gunicorn's gthread workers do, and the responses
+are closed as a server closes them: quick routes (bot/quick.py) then run on
+the request threads, after the answer.
+
 With gunicorn and wrk out of the picture, runs of one setting differ by a few
 per cent rather than the harness's ±30 %; the figures leave out gunicorn's
 own cost per request (HTTP parsing, the socket), which bare Flask pays too.

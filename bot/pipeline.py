@@ -94,6 +94,8 @@ class PipelineOptions:
     # Seconds: a route whose recent runs each took less runs on the thread that answered (bot/quick.py); 0: never.
     quick_handler: float = 0.01
     answer_grace: float = ANSWER_GRACE  # a message its answering thread did not take by then goes to a handler thread
+    # Request threads of a process running quick routes at once; more go to handler threads (bot/quick.py).
+    quick_at_once: int = 2
 
 
 class Pipeline:
@@ -139,6 +141,7 @@ class Pipeline:
         self._handlers: _Pool[_HandlerWork] = _Pool("bot-handler", 0, self._handler_work)
         # Accepted messages whose request thread takes them once its answer is out (bot/quick.py).
         self._answering: Answering[tuple[InboxItem, Message]] = Answering()
+        self._quick_slots = threading.BoundedSemaphore(self.options.quick_at_once)
         self._warned_unclosed = False
         self._senders: _Pool[OutboxItem] = _Pool("bot-sender", 0, self._sender_work)
         self._in_flight = 0  # messages whose replies are being posted after their handler returned
@@ -161,6 +164,7 @@ class Pipeline:
             self._busy_handlers = self._busy_senders = self._in_flight = 0
             self._finished.clear()  # after a fork: the parent's, not this process's
             self._answering = Answering()
+            self._quick_slots = threading.BoundedSemaphore(self.options.quick_at_once)
             self.sharing = Sharing(self.journal, self.options.sharing)  # after a fork: not the parent's rates
             self._drain_now.clear()
             self._handlers = _Pool("bot-handler", self.options.handler_threads, self._handler_work)
@@ -312,9 +316,17 @@ class Pipeline:
             log.exception("message %s in %s: routing failed; a handler thread tries again", msg.id, item.conversation)
             self._handlers.put((item, msg))
             return
-        # With max_in_flight reached, replies are posted by the handling thread, blocking: not a request thread.
-        if self.quick.admits(routed.handler) and self._in_flight < self.options.max_in_flight:
-            self._handler_work((item, routed), answering=True)
+        # With max_in_flight reached, replies are posted by the handling thread, blocking: not a request thread. And
+        # only a few request threads at once do a handler's work, whatever the routes' speed.
+        if (
+            self.quick.admits(routed.handler)
+            and self._in_flight < self.options.max_in_flight
+            and self._quick_slots.acquire(blocking=False)
+        ):
+            try:
+                self._handler_work((item, routed), answering=True)
+            finally:
+                self._quick_slots.release()
         else:
             self._handlers.put((item, routed))
 

@@ -225,6 +225,33 @@ def test_with_max_in_flight_reached_a_quick_route_goes_to_a_handler_thread(tmp_p
     pipeline.stop(timeout=5)
 
 
+def test_only_quick_at_once_request_threads_run_handlers_at_the_same_moment(tmp_path, sender):
+    router, ran_on, release = Router(), [], threading.Event()
+
+    @router.fallback
+    def hold(msg):
+        ran_on.append((msg.text, threading.current_thread().name))
+        if msg.text == "hold":
+            release.wait(10)
+        return f"echo {msg.text}"
+
+    pipeline = quick_after(make_pipeline(tmp_path, router, sender, quick_at_once=1), 2)
+    learn(pipeline, 2)
+    first = threading.Thread(target=answer, args=(submit_deferred(pipeline, "hold", sender="alice"),))
+    first.start()
+    assert wait_for(lambda: len(ran_on) == 3)  # the first request thread is inside the handler
+    answer(submit_deferred(pipeline, "meanwhile", sender="bob"), name="second-request-thread")
+    assert wait_for(lambda: len(ran_on) == 4)
+    release.set()
+    first.join(10)
+    assert pipeline.wait_idle(5)
+    assert [(text, thread.startswith("bot-handler")) for text, thread in ran_on[2:]] == [
+        ("hold", False),
+        ("meanwhile", True),
+    ]
+    pipeline.stop(timeout=5)
+
+
 def test_an_answer_the_server_never_closes_is_handled_by_a_handler_thread(tmp_path, sender, caplog):
     router, ran_on = routed_by_thread()
     pipeline = make_pipeline(tmp_path, router, sender, answer_grace=0.1)
