@@ -6,9 +6,10 @@ fraction of a millisecond (a command, an echo, a lookup in a dict) that
 hand-off is most of the work: waking the handler thread and passing the GIL
 back and forth between it and the request threads cost more CPU than the
 handler itself. Measured with benchmarks/cpu_per_callback.sh (gthread
-workers, 0 ms API latency, five alternating pairs): 13-20 % more callbacks
-per second and 9.7 context switches per callback instead of 6.6 when the echo
-bot's route runs on the answering thread.
+workers, 0 ms API latency, five alternating pairs): 12-18 % more callbacks
+per second in four of them, and 6.6-7.9 context switches per callback instead
+of 8.0-9.6, when the echo bot's route runs on the answering thread
+(benchmarks/RESULTS.md).
 
 So a route that has been quick runs there, once the answer is out (WSGI's
 ``close()``, which the server calls after it sent the response: the answer
