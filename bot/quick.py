@@ -24,10 +24,11 @@ long, and a route starts on handler threads until it has shown its speed.
 Only threaded servers (``wsgi.multithread``, e.g. gunicorn's gthread
 workers) do this: there one request thread busy with a sub-millisecond
 handler leaves the others free, while a sync worker's only thread would take
-no callback meanwhile. At most ``quick_at_once`` request threads of a process
-(2) run handlers at the same moment; a message that finds them busy goes to a
-handler thread (under the benchmark's load, 0.5-1 % of them did). Flask's test client is not threaded either, so tests
-see the handler threads unless they ask for a threaded environ.
+no callback meanwhile. Flask's test client is not threaded either, so tests
+see the handler threads unless they ask for a threaded environ. At most
+``quick_at_once`` request threads of a process (2) run handlers at the same
+moment: a message that finds them busy goes to a handler thread (under the
+benchmark's load, 0.5-1 % of them did).
 
 :class:`Answering` keeps the messages between the answer and ``close()``. A
 server or middleware that never calls ``close()`` (against PEP 3333) would
