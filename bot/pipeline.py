@@ -347,9 +347,8 @@ class Pipeline:
                     self.journal.release([item])  # not started: the next start (or another process) takes it
                     item = None
                 elif item is not None and answering:
-                    self._handlers.put((item, None))
-                    slot_handed_on = True
-                    return
+                    self._handlers.put((item, None))  # a handler thread takes it, with this slot
+                    slot_handed_on, item = True, None
         except Exception:
             log.exception("handling: journal error; the message stays in the journal")
         finally:
