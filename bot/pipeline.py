@@ -267,7 +267,7 @@ class Pipeline:
             self._release_handler_slot(int(claim))
             raise
         if isinstance(result, InboxItem):
-            if defer is not None and self.quick.limit > 0:
+            if defer is not None and self.quick.enabled:
                 self._answering.add(result.seq, (result, msg))
                 defer(functools.partial(self._after_answer, result.seq))
             else:

@@ -69,9 +69,14 @@ class QuickRoutes:
         self._quick_runs: dict[str, int] = {}  # route name -> quick runs in a row (capped at ``runs``)
         self._told: set[tuple[str, bool]] = set()  # (route, quick) switches logged at INFO
 
+    @property
+    def enabled(self) -> bool:
+        """False with a limit of 0: every route runs on handler threads."""
+        return self.limit > 0
+
     def admits(self, route: str) -> bool:
         """Whether ``route`` may run on the answering thread."""
-        return self.limit > 0 and self._quick_runs.get(route, 0) >= self.runs
+        return self.enabled and self._quick_runs.get(route, 0) >= self.runs
 
     def ran(self, route: str, seconds: float) -> None:
         """Record a run of ``route`` (wherever it ran) that took ``seconds``."""

@@ -38,11 +38,11 @@ def fake() -> Iterator[GatedCometChat]:
 
 
 class Gunicorn:
-    def __init__(self, env: dict[str, str], log: Path, workers: tuple[str, ...] = ("-w", "2")) -> None:
+    def __init__(self, env: dict[str, str], log: Path, worker_args: tuple[str, ...] = ("-w", "2")) -> None:
         self.log = log
-        self.workers = int(workers[workers.index("-w") + 1])
+        self.workers = int(worker_args[worker_args.index("-w") + 1])
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", *workers, "-b", "127.0.0.1:0", "--graceful-timeout", "10",
+            [sys.executable, "-m", "gunicorn", *worker_args, "-b", "127.0.0.1:0", "--graceful-timeout", "10",
              "--log-level", "info", "app:create_app()"],
             cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=log.open("ab"), start_new_session=True,
         )  # fmt: skip
