@@ -627,9 +627,13 @@ class Journal:
             return True
         return InboxItem(seq, conversation, message_id, body, 1, now, bool(replies_waiting))
 
+    def has_waiting_messages(self) -> bool:
+        """Whether any message waits unclaimed (a read: no write lock)."""
+        return self._has("SELECT 1 FROM inbox WHERE owner IS NULL LIMIT 1")
+
     def claim_inbox(self, limit: int) -> list[InboxItem]:
         """Claim up to ``limit`` waiting messages that head their lane, oldest first."""
-        if limit <= 0 or not self._has("SELECT 1 FROM inbox WHERE owner IS NULL LIMIT 1"):
+        if limit <= 0 or not self.has_waiting_messages():
             return []
         with self._write() as con:
             rows = con.execute(

@@ -699,8 +699,15 @@ class Pipeline:
 
     def _claim(self) -> None:
         # While messages are left to a helper, they are its to claim (those of lanes this process holds still
-        # come here, as the lane's previous message finishes: trigger inbox_next).
-        free = 0 if self.sharing.leaving else self._reserve_all("handler")
+        # come here, as the lane's previous message finishes: trigger inbox_next). Look before taking every free
+        # slot: a callback accepted while the claimer holds them is journaled unclaimed and waits for the next
+        # pass (and misses the quick route).
+        if self.sharing.leaving:
+            free = 0
+        elif self.journal.has_waiting_messages():
+            free = self._reserve_all("handler")
+        else:
+            free, self._starved_handlers = 0, False  # nothing waits
         items = self.journal.claim_inbox(free) if free else []
         if items:
             self._claimed_at = time.monotonic()
