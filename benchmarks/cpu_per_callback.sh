@@ -10,6 +10,8 @@
 #   LATENCY_MS=100 benchmarks/cpu_per_callback.sh                            # ... after 100 ms
 #   ENV="HANDLER_THREADS=8" benchmarks/cpu_per_callback.sh                   # with other settings
 #   WORKERS="-w 2 -k gthread --threads 8" benchmarks/cpu_per_callback.sh     # gthread workers
+#   SYSCALLS=1 benchmarks/cpu_per_callback.sh                                # + system calls per callback, by kind
+#                                                                            #   (linux-perf; as root)
 set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 
@@ -50,9 +52,17 @@ by_thread() {  # clock ticks and context switches by thread name (handler thread
 read -r U0 S0 <<<"$(cpu)"
 C0=$(switches)
 by_thread >"$WORK/threads0"
+if [ -n "${SYSCALLS:-}" ]; then  # counted by the kernel's tracepoints over the load, workers' threads only
+    KINDS=futex,pwrite64,pread64,fcntl,sendto,recvfrom,write,read,epoll_wait,epoll_ctl,ioctl
+    perf stat -x, -o "$WORK/syscalls" -e raw_syscalls:sys_enter -e "$(sed 's/[a-z0-9_]\+/syscalls:sys_enter_&/g' <<<"$KINDS")" \
+        -p "$(pgrep -P $GUNICORN | paste -sd,)" &
+    PERF=$!
+    PIDS+=($PERF)
+fi
 OUT=$(wrk -t1 -c16 -d8s -s "$BENCH/post.lua" http://127.0.0.1:18100/cometchat/callback -- \
       "$WORK/tpl.json" cpu "$RANDOM$RANDOM" basic "$AUTH")
 sleep 1  # the replies of the last callbacks
+[ -n "${SYSCALLS:-}" ] && kill -INT $PERF && wait $PERF || true
 read -r U1 S1 <<<"$(cpu)"
 C1=$(switches)
 by_thread >"$WORK/threads1"
@@ -64,3 +74,8 @@ echo "$OUT" | grep -E 'Requests/sec'
 echo "cpu and context switches per callback by thread (threads that ended meanwhile are not counted):"
 join -a 2 -e 0 -o 0,1.2,2.2,1.3,2.3 "$WORK/threads0" "$WORK/threads1" | awk -v n="$N" -v hz="$HZ" \
     '{printf "  %-16s %6.1f us %5.2f\n", $1, ($3 - $2) * 1e6 / hz / n, ($5 - $4) / n}'
+if [ -n "${SYSCALLS:-}" ]; then
+    echo "system calls per callback (workers, load and the second after it):"
+    awk -F, -v n="$N" '$3 ~ /sys_enter/ {name = $3; sub(/.*sys_enter_?/, "", name); if (name == "") name = "all";
+                       printf "  %-12s %5.1f\n", name, $1 / n}' "$WORK/syscalls"
+fi
