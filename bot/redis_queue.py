@@ -125,6 +125,16 @@ class Depth:
     dead_letters: int
 
 
+def queue_depth(queue: Queue) -> Depth:
+    """How many messages wait in ``queue`` (the bot's: :data:`QUEUE`), run, or wait behind others; and dead letters."""
+    return Depth(
+        queued=queue.count,
+        running=StartedJobRegistry(queue=queue).count,
+        waiting=DeferredJobRegistry(queue=queue).count + ScheduledJobRegistry(queue=queue).count,
+        dead_letters=queue.connection.llen(f"{PREFIX}:dead-letters"),
+    )
+
+
 class RedisDelivery:
     """Same role as :class:`~bot.pipeline.Pipeline` (``submit``, ``wait_idle``), on Redis + RQ."""
 
@@ -329,14 +339,7 @@ class RedisDelivery:
     # ------------------------------------------------------------ observing
 
     def depth(self) -> Depth:
-        deferred = DeferredJobRegistry(queue=self.queue).count
-        scheduled = ScheduledJobRegistry(queue=self.queue).count
-        return Depth(
-            queued=self.queue.count,
-            running=StartedJobRegistry(queue=self.queue).count,
-            waiting=deferred + scheduled,
-            dead_letters=self.redis.llen(f"{PREFIX}:dead-letters"),
-        )
+        return queue_depth(self.queue)
 
     def dead_letters(self, limit: int = 100) -> list[dict[str, Any]]:
         return [json.loads(item) for item in self.redis.lrange(f"{PREFIX}:dead-letters", 0, limit - 1)]
