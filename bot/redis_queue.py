@@ -126,7 +126,8 @@ class Depth:
 
 
 def queue_depth(queue: Queue) -> Depth:
-    """How many messages wait in ``queue`` (the bot's: :data:`QUEUE`), run, or wait behind others; and dead letters."""
+    """The bot's queue (:data:`QUEUE`) at a glance: messages queued, running, waiting (behind an earlier message of
+    their conversation, or for a retry), and the dead letters."""
     return Depth(
         queued=queue.count,
         running=StartedJobRegistry(queue=queue).count,
