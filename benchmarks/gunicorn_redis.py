@@ -25,8 +25,10 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 
 from redis import Redis, RedisError
+from rq import Queue
 
 from bot.redis_queue import QUEUE, BotQueue, queue_depth
 from bot.testing import redis_server
@@ -49,7 +51,8 @@ def on_starting(server) -> None:
 
 
 def on_exit(server) -> None:
-    _let_workers_empty_the_queue(float(os.environ.get("BENCH_RQ_DRAIN_S", "8")))
+    queue = BotQueue(QUEUE, connection=Redis.from_url(os.environ["REDIS_URL"]))
+    wait_for_empty_queue(queue, _children, float(os.environ.get("BENCH_RQ_DRAIN_S", "8")))
     for child in _children:  # workers first (a warm shutdown finishes the current job), Redis last
         child.send_signal(signal.SIGTERM)
         try:
@@ -60,18 +63,19 @@ def on_exit(server) -> None:
     _redis.close()
 
 
-def _let_workers_empty_the_queue(seconds: float) -> None:
-    """Until nothing is queued, running or waiting (twice in a row: a job a worker has just taken off the queue is
-    in neither for a moment), at most ``seconds``."""
-    queue = BotQueue(QUEUE, connection=Redis.from_url(os.environ["REDIS_URL"]))
+def wait_for_empty_queue(queue: Queue, workers: Sequence[subprocess.Popen], seconds: float) -> bool:
+    """Wait until nothing is queued, running or waiting in ``queue`` (read twice in a row: a job a worker has just
+    taken off the queue is in neither for a moment), at most ``seconds``, and only while a worker process lives.
+    Returns whether the queue emptied."""
     deadline, empty_before = time.monotonic() + seconds, False
-    while time.monotonic() < deadline and any(child.poll() is None for child in _children):
+    while time.monotonic() < deadline and any(worker.poll() is None for worker in workers):
         try:
             depth = queue_depth(queue)
         except RedisError:  # Redis is gone: nothing more will be delivered
-            return
+            return False
         empty = depth.queued + depth.running + depth.waiting == 0
         if empty and empty_before:
-            return
+            return True
         empty_before = empty
         time.sleep(0.1)
+    return False

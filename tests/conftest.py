@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from pytest_httpserver import HTTPServer
@@ -17,6 +17,9 @@ from bot import testing
 from bot.client import CometChatClient, RetryPolicy
 from bot.factory import bot_app
 from bot.pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from tests.fakes import GatedCometChat
 
 DATA = Path(__file__).parent / "data"
 PAYLOADS = sorted((DATA / "payloads").glob("*.json"))
@@ -115,6 +118,21 @@ def redis_url(redis_server) -> str:
     """The test redis-server, emptied for this test."""
     Redis.from_url(redis_server).flushall()
     return redis_server
+
+
+@pytest.fixture
+def fake() -> Iterator[GatedCometChat]:
+    """The gated fake of CometChat's API (tests/fakes.py: the gate open), on a port of its own."""
+    from tests.fakes import GatedCometChat  # here: tests.fakes imports this module's constants
+
+    with GatedCometChat() as fake:
+        yield fake
+
+
+@pytest.fixture
+def redis_settings(redis_url, live_settings, fake) -> dict[str, str]:
+    """Settings for Redis mode: the test redis-server, replies to the gated fake."""
+    return {**live_settings, "REDIS_URL": redis_url, "COMETCHAT_API_URL": fake.server.url_for("/v3")}
 
 
 # ------------------------------------------------------------------ CometChatClient against the HTTP fake

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from bot.journal import process_owner
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 2.0, interval: float = 0.01) -> bool:
@@ -19,6 +23,16 @@ def wait_for(predicate: Callable[[], object], timeout: float = 2.0, interval: fl
             return bool(predicate())
         time.sleep(interval)
     return True
+
+
+def start_worker(settings: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
+    """An RQ worker process of the project's app (``flask bot worker``, the Procfile's ``worker:``), output to
+    ``log``."""
+    env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "flask", "--app", "app", "bot", "worker", *args],
+        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
+    )  # fmt: skip
 
 
 def dead_owner() -> str:

@@ -16,7 +16,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -44,36 +43,21 @@ from bot.redis_queue import (
 )
 from bot.testing import make_callback
 from bots.weather import forecast
-from tests.fakes import GatedCometChat
-from tests.helpers import wait_for
+from tests.helpers import start_worker, wait_for
 
 ROOT = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.redis
 
 
 @pytest.fixture
-def fake() -> Iterator[GatedCometChat]:
-    with GatedCometChat() as fake:
-        yield fake
-
-
-@pytest.fixture
-def settings(redis_url, live_settings, fake) -> dict[str, str]:
-    return {**live_settings, "REDIS_URL": redis_url, "COMETCHAT_API_URL": fake.server.url_for("/v3")}
+def settings(redis_settings) -> dict[str, str]:
+    return redis_settings
 
 
 def post(app, body: dict, basic_auth: dict) -> dict:
     response = app.test_client().post("/cometchat/callback", json=body, headers=basic_auth)
     assert response.status_code == 200, response.get_data(as_text=True)
     return response.get_json()
-
-
-def start_worker(settings: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
-    env = {**os.environ, **settings, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen(
-        [sys.executable, "-m", "flask", "--app", "app", "bot", "worker", *args],
-        cwd=ROOT, env=env, stdout=log.open("ab"), stderr=subprocess.STDOUT,
-    )  # fmt: skip
 
 
 def weather_messages(users: int, per_user: int) -> list[tuple[str, dict, str]]:
