@@ -166,7 +166,12 @@ class RedisDelivery:
     # ------------------------------------------------------------ web side
 
     def submit(
-        self, msg: Message, body: bytes, *, dedup_ttl: float | None = None, defer: Callable[..., None] | None = None
+        self,
+        msg: Message,
+        body: bytes,
+        *,
+        dedup_ttl: float | None = None,
+        defer: Callable[[Callable[[], None]], None] | None = None,
     ) -> str:
         """Deduplicate and enqueue; returns "accepted" or "duplicate". (``defer`` is not used: RQ workers handle
         every message.)"""
